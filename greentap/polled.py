@@ -1,0 +1,250 @@
+"""A TAP device driven cooperatively by the gevent hub.
+
+:class:`PolledTap` puts the device's fd in non-blocking mode and reads frames
+with a blocking-style API that blocks only the calling greenlet: try the read,
+and on ``EAGAIN`` wait on a persistent read watcher created once, then retry.
+Writes never wait: a frame the device cannot take right now is dropped and
+counted, as a NIC would.
+"""
+
+import errno
+import os
+
+import gevent
+from gevent import get_hub
+
+from greentap.counters import DeviceCounters
+from greentap.errors import FrameRejected, TapClosed, TapVanished, io_error
+
+#: Frames read back to back before yielding to the hub (QEMU's TAP backend
+#: uses the same figure): an always-readable device must not starve others.
+DEFAULT_BUDGET = 50
+
+_BACKPRESSURE = (errno.EAGAIN, errno.ENOBUFS)
+
+
+class PolledTap:
+    """A :class:`~greentap.device.Tap` bound to a gevent hub.
+
+    Create it with :meth:`Tap.polled`.  One greenlet may block in
+    :meth:`recv` at a time; any greenlet may :meth:`send` or :meth:`close`.
+
+    Args:
+        tap: the :class:`~greentap.device.Tap` to drive; the PolledTap owns it.
+        hub: the gevent hub (default: the current thread's).
+        budget: frames read without waiting before yielding to the hub.
+
+    Attributes:
+        counters: the device's :class:`~greentap.counters.DeviceCounters`.
+    """
+
+    def __init__(self, tap, *, hub=None, budget=DEFAULT_BUDGET):
+        if budget < 1:
+            raise ValueError("budget must be at least 1")
+        fd = tap.fileno()
+        self._hub = hub if hub is not None else get_hub()
+        self._read_watcher = self._hub.loop.io(fd, 1)
+        os.set_blocking(fd, False)
+        self._tap = tap
+        self._fd = fd
+        self.name = tap.name
+        self.counters = DeviceCounters()
+        self.max_frame_size = tap.max_frame_size
+        self._min_frame = tap.min_frame_size
+        self._buf = bytearray(self.max_frame_size)
+        self._view = memoryview(self._buf)
+        self._budget = budget
+        self._batch = 0
+
+    def __repr__(self):
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    @property
+    def tap(self):
+        """The underlying :class:`~greentap.device.Tap` (for link settings)."""
+        return self._tap
+
+    @property
+    def closed(self):
+        """True once :meth:`close` or :meth:`into_inner` has run."""
+        return self._fd < 0
+
+    def fileno(self):
+        """Return the device fd.
+
+        Raises:
+            TapClosed: closed.
+        """
+        if self._fd < 0:
+            raise TapClosed(self.name)
+        return self._fd
+
+    # --- receive ----------------------------------------------------------
+    def recv_into(self, buffer):
+        """Read one frame into ``buffer``, blocking only this greenlet.
+
+        Args:
+            buffer: a writable bytes-like object of at least
+                :attr:`max_frame_size` bytes (a shorter one could truncate
+                a frame, so it is refused).
+
+        Returns:
+            The frame's length in bytes.
+
+        Raises:
+            ValueError: ``buffer`` is shorter than :attr:`max_frame_size`.
+            TapClosed: the device was closed, before or during the wait.
+            TapVanished: the interface was deleted.
+            TapIOError: another read error.
+        """
+        if memoryview(buffer).nbytes < self.max_frame_size:
+            raise ValueError(
+                f"recv_into needs a buffer of at least {self.max_frame_size} bytes "
+                "(the largest frame this device can return)"
+            )
+        return self._recv_into((buffer,))
+
+    def _recv_into(self, buffers):
+        readv = os.readv
+        while True:
+            fd = self._fd
+            if fd < 0:
+                raise TapClosed(self.name)
+            try:
+                n = readv(fd, buffers)
+            except BlockingIOError:
+                self._batch = 0
+                # Raises TapClosed here if close() runs while we wait.
+                self._hub.wait(self._read_watcher)
+                continue
+            except OSError as exc:
+                if self._fd < 0:
+                    raise TapClosed(self.name) from exc
+                raise io_error(self.name, exc, "read") from exc
+            if not n:
+                # A TAP never returns 0; an fd that does (a socket whose peer
+                # left) would otherwise spin here forever.
+                raise TapVanished(self.name, "end of file: the other side of the fd is gone")
+            counters = self.counters
+            counters.rx_packets += 1
+            counters.rx_bytes += n
+            self._batch += 1
+            if self._batch >= self._budget:
+                self._batch = 0
+                gevent.sleep(0)
+            return n
+
+    def recv(self):
+        """Read exactly one frame, blocking only this greenlet.
+
+        Returns:
+            The frame as bytes (with any vnet header / packet info in front).
+
+        Raises:
+            TapClosed, TapVanished, TapIOError: as :meth:`recv_into`.
+        """
+        view = self._view
+        n = self._recv_into((view,))
+        return bytes(view[:n])
+
+    def __iter__(self):
+        """Yield frames as bytes until the device is closed."""
+        while True:
+            try:
+                frame = self.recv()
+            except TapClosed:
+                return
+            yield frame
+
+    # --- send -------------------------------------------------------------
+    def send(self, frame):
+        """Write one frame without ever blocking the hub.
+
+        Args:
+            frame: a bytes-like object holding one whole frame.
+
+        Returns:
+            True if the device took the frame; False if it was dropped
+            because the device could not take it now (EAGAIN/ENOBUFS,
+            counted in ``tx_dropped``) or the link is down (EIO, counted in
+            ``tx_link_down``).
+
+        Raises:
+            FrameRejected: a runt (shorter than an Ethernet header) or a
+                frame the kernel refused (counted in ``tx_errors``).
+            TapClosed, TapVanished, TapIOError: the device is unusable.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise TapClosed(self.name)
+        counters = self.counters
+        size = len(frame)
+        if size < self._min_frame:
+            counters.tx_errors += 1
+            raise FrameRejected(
+                self.name, f"frame of {size} bytes is shorter than {self._min_frame} (a runt)"
+            )
+        try:
+            os.write(fd, frame)
+        except OSError as exc:
+            code = exc.errno
+            if code in _BACKPRESSURE:
+                counters.tx_dropped += 1
+                return False
+            if code == errno.EIO:
+                counters.tx_link_down += 1
+                return False
+            counters.tx_errors += 1
+            if self._fd < 0:
+                raise TapClosed(self.name) from exc
+            raise io_error(self.name, exc, "write") from exc
+        counters.tx_packets += 1
+        counters.tx_bytes += size
+        return True
+
+    # --- lifetime ---------------------------------------------------------
+    def _release(self, reason, then, *args):
+        """Forget the fd now; wake a blocked reader with TapClosed; then call ``then``."""
+        self._fd = -1
+        watcher, self._read_watcher = self._read_watcher, None
+        # gevent's own recipe for sockets: throw into the waiter first, close
+        # the watcher, and only then run `then` (which may close the fd), so the
+        # loop never holds a watcher on a closed (or reused) fd number.
+        self._hub.cancel_waits_close_and_then([watcher], TapClosed(self.name, reason), then, *args)
+
+    def close(self):
+        """Close the device; a greenlet blocked in :meth:`recv` gets :class:`TapClosed`.
+
+        Idempotent: the fd is closed exactly once.
+        """
+        if self._fd < 0:
+            return
+        self._release("device was closed", self._tap.close)
+
+    def into_inner(self):
+        """Detach from the hub and give back the blocking :class:`~greentap.device.Tap`.
+
+        A greenlet blocked in :meth:`recv` gets :class:`TapClosed`.  The fd is
+        put back in blocking mode.
+
+        Returns:
+            The :class:`~greentap.device.Tap`.
+
+        Raises:
+            TapClosed: already closed or detached.
+        """
+        fd = self.fileno()
+        self._release("device was detached from the hub", _noop)
+        os.set_blocking(fd, True)
+        return self._tap
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _noop():
+    pass

@@ -1,0 +1,29 @@
+"""Shared pytest fixtures for greentap's unit tests (no privileges needed)."""
+
+import os
+import socket
+
+import pytest
+
+from greentap.device import Tap
+
+
+def open_fds():
+    """Return the set of fds open in this process."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def seqpacket():
+    """A PolledTap over one end of an AF_UNIX SOCK_SEQPACKET pair, and the peer.
+
+    SEQPACKET keeps message boundaries exactly as a TAP keeps frame
+    boundaries, so the cooperative read/write/close logic runs for real
+    without root.
+    """
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    polled = Tap._adopt(ours.detach(), "sp0").polled()
+    peer.setblocking(False)
+    yield polled, peer
+    polled.close()
+    peer.close()

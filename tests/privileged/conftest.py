@@ -1,0 +1,154 @@
+"""Fixtures for tests that need root: real TAPs in throw-away network namespaces.
+
+Every test gets its own namespace (unique name, IPv6 off so router
+solicitations and DAD do not add frames to the count) and unique interface
+names; both are removed when the test ends, also when it fails.
+
+Outside CI these tests skip when the machine cannot run them.  In CI
+(``CI=true``) or with ``GREENTAP_REQUIRE_PRIVILEGED=1`` a missing privilege is
+a failure: the privileged tests must run there.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import greentap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _must_run():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
+        os.environ.get("GREENTAP_REQUIRE_PRIVILEGED")
+    )
+
+
+def _missing():
+    if os.geteuid() != 0:
+        return "not running as root"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    for tool in ("ip", "ping", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.fspath).startswith(HERE):
+            item.add_marker(pytest.mark.privileged)
+
+
+@pytest.fixture(autouse=True)
+def _privileges():
+    why = _missing()
+    if why:
+        if _must_run():
+            pytest.fail(f"privileged test cannot run in CI: {why}")
+        pytest.skip(f"needs root and /dev/net/tun: {why}")
+
+
+def unique(prefix="gt"):
+    """A fresh interface name of 12 bytes."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def sh(*argv, ns=None, check=True, timeout=20, **kw):
+    """Run a command (optionally inside netns `ns`), returning CompletedProcess."""
+    if ns is not None:
+        argv = ("ip", "netns", "exec", ns, *argv)
+    return subprocess.run(argv, check=check, timeout=timeout, capture_output=True, text=True, **kw)
+
+
+class Netns:
+    """A throw-away network namespace and helpers to look inside it."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __str__(self):
+        return self.name
+
+    def ip(self, *args, check=True):
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def link(self, dev):
+        """`ip -d -s link show dev` as a dict, or None if the device is absent."""
+        out = sh("ip", "-n", self.name, "-j", "-d", "-s", "link", "show", "dev", dev, check=False)
+        if out.returncode != 0:
+            return None
+        return json.loads(out.stdout)[0]
+
+    def links(self):
+        return [d["ifname"] for d in json.loads(self.ip("-j", "link", "show").stdout)]
+
+    def exec(self, *argv, **kw):
+        return sh(*argv, ns=self.name, **kw)
+
+    def popen(self, *argv, **kw):
+        return subprocess.Popen(("ip", "netns", "exec", self.name, *argv), **kw)
+
+
+@pytest.fixture
+def netns():
+    """A fresh namespace with lo up and IPv6 off; deleted after the test."""
+    ns = Netns(f"gt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    sh("ip", "netns", "add", ns.name)
+    try:
+        ns.ip("link", "set", "lo", "up")
+        ns.exec(
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        )
+        yield ns
+    finally:
+        sh("ip", "netns", "del", ns.name, check=False)
+
+
+@pytest.fixture
+def open_tap(netns):
+    """Open Taps inside the test's namespace; all are closed after the test."""
+    opened = []
+
+    def _open(name=None, **kw):
+        kw.setdefault("netns", netns.name)
+        tap = greentap.Tap(name or unique(), **kw)
+        opened.append(tap)
+        return tap
+
+    yield _open
+    for tap in opened:
+        tap.close()
+
+
+def python_env():
+    """Environment for a child Python that must import the greentap under test."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+def capless_python(ns, code):
+    """Run Python code in `ns` as root but with every capability dropped.
+
+    Returns the CompletedProcess; the child prints what it wants checked.
+    """
+    return sh(
+        "setpriv",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+        ns=ns.name,
+        check=False,
+        env=python_env(),
+    )
