@@ -6,6 +6,7 @@ class DeviceCounters:
 
     Attributes:
         rx_packets, rx_bytes: frames read from the device, and their bytes.
+        rx_errors: frames read but unusable (e.g. too short to switch).
         tx_packets, tx_bytes: frames written to the device, and their bytes.
         tx_dropped: frames dropped because the device could not take them now
             (EAGAIN/ENOBUFS): the backpressure drop a NIC would make.
@@ -16,6 +17,7 @@ class DeviceCounters:
     __slots__ = (
         "rx_packets",
         "rx_bytes",
+        "rx_errors",
         "tx_packets",
         "tx_bytes",
         "tx_dropped",

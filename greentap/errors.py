@@ -100,6 +100,10 @@ class InvalidTapName(TapNameError):
     """The name is empty, ``.``/``..``, or has ``/``, ``:`` or whitespace."""
 
 
+class EndpointSyntaxError(TapError, ValueError):
+    """An endpoint description (``tap:NAME``, ...) cannot be understood."""
+
+
 class FrameRejected(TapError, ValueError):
     """A frame cannot be sent: too short for the device (a runt) or refused as invalid."""
 

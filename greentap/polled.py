@@ -85,7 +85,7 @@ class PolledTap:
         """Read one frame into ``buffer``, blocking only this greenlet.
 
         Args:
-            buffer: a writable bytes-like object of at least
+            buffer: a writable bytes-like object (of bytes) of at least
                 :attr:`max_frame_size` bytes (a shorter one could truncate
                 a frame, so it is refused).
 
@@ -98,7 +98,7 @@ class PolledTap:
             TapVanished: the interface was deleted.
             TapIOError: another read error.
         """
-        if memoryview(buffer).nbytes < self.max_frame_size:
+        if len(buffer) < self.max_frame_size:
             raise ValueError(
                 f"recv_into needs a buffer of at least {self.max_frame_size} bytes "
                 "(the largest frame this device can return)"

@@ -34,7 +34,7 @@ def _missing():
         return "not running as root"
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing"
-    for tool in ("ip", "ping", "setpriv"):
+    for tool in ("ip", "ping", "setpriv", "tcpdump", "iperf3"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     return None
@@ -96,9 +96,7 @@ class Netns:
         return subprocess.Popen(("ip", "netns", "exec", self.name, *argv), **kw)
 
 
-@pytest.fixture
-def netns():
-    """A fresh namespace with lo up and IPv6 off; deleted after the test."""
+def _new_netns():
     ns = Netns(f"gt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     sh("ip", "netns", "add", ns.name)
     try:
@@ -109,9 +107,31 @@ def netns():
             "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1",
         )
-        yield ns
-    finally:
+    except BaseException:
         sh("ip", "netns", "del", ns.name, check=False)
+        raise
+    return ns
+
+
+@pytest.fixture
+def make_netns():
+    """Make fresh namespaces (lo up, IPv6 off); all are deleted after the test."""
+    made = []
+
+    def make():
+        ns = _new_netns()
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        sh("ip", "netns", "del", ns.name, check=False)
+
+
+@pytest.fixture
+def netns(make_netns):
+    """A fresh namespace with lo up and IPv6 off; deleted after the test."""
+    return make_netns()
 
 
 @pytest.fixture

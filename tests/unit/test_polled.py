@@ -233,6 +233,7 @@ def test_counters_are_readable_as_plain_data(seqpacket):
     assert snap == {
         "rx_packets": 1,
         "rx_bytes": 64,
+        "rx_errors": 0,
         "tx_packets": 1,
         "tx_bytes": 64,
         "tx_dropped": 0,

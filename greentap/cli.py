@@ -1,0 +1,253 @@
+"""``tap-forward``: forward Ethernet frames between endpoints.
+
+A thin shell over :class:`greentap.forwarder.Forwarder`: parse arguments,
+configure structlog, open the ports, serve until SIGINT/SIGTERM, and turn
+every error into one line on stderr and a documented exit status.
+"""
+
+import argparse
+import errno
+import sys
+
+import structlog
+
+import greentap
+from greentap.endpoints import SYNTAX, parse_endpoint
+from greentap.errors import (
+    EndpointSyntaxError,
+    SetTapAttributes,
+    TapError,
+    TapNameError,
+)
+
+PROG = "tap-forward"
+
+# Exit statuses (also in --help and the README).
+EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or --demo succeeded
+EXIT_INTERNAL = 1  # a bug: please report it
+EXIT_USAGE = 2  # bad arguments: syntax, names, fewer than two endpoints
+EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN)
+EXIT_BUSY = 4  # device busy or conflicting with an existing one
+EXIT_SYSTEM = 5  # anything else the system refused (no /dev/net/tun, ...)
+
+EPILOG = f"""\
+endpoints:
+  NAME | tap:NAME        a TAP interface: attached if it exists (a persistent
+                         device, left as it was found on exit), created
+                         otherwise (brought up, removed on exit). NAME may be
+                         a template such as tap%d.
+  tap:NAME?netns=NS      the same, inside network namespace NS (ip netns name)
+
+examples:
+  {PROG} --demo                 see it work: two namespaces, a ping across
+  {PROG} tap0 tap1              a wire between two TAPs
+  {PROG} tap0 tap1 tap2         a learning switch between three TAPs
+  {PROG} --stats 5 --log-format json tap:vm1 tap:vm2
+
+exit status:
+  0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
+  2 usage: bad syntax, bad name, fewer than two endpoints
+  3 not permitted (needs CAP_NET_ADMIN)   4 device busy or conflicting
+  5 other system error (e.g. /dev/net/tun missing)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, not argparse's usage block.
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
+
+
+def build_parser():
+    """Return the argument parser of ``tap-forward``."""
+    p = _Parser(
+        prog=PROG,
+        description="Forward Ethernet frames between TAP interfaces: two endpoints "
+        "make a wire, three or more a MAC learning switch.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("endpoints", nargs="*", metavar="ENDPOINT", help=SYNTAX)
+    p.add_argument(
+        "--stats",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="log per-endpoint counters every SECONDS (default 10; 0 = off)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=None,
+        help="log rendering (default: console on a terminal, json otherwise)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="least severe level logged (default info)",
+    )
+    p.add_argument("--mtu", type=_mtu, metavar="N", help="set the MTU of the TAPs it opens")
+    p.add_argument(
+        "--max-macs",
+        type=_positive_int,
+        default=8192,
+        metavar="N",
+        help="bound of the MAC learning table (default 8192)",
+    )
+    p.add_argument(
+        "--aging",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="forget a MAC address not seen for SECONDS (default 300)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="build two throw-away namespaces, forward between them, ping across, clean up",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {greentap.__version__}")
+    return p
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _mtu(text):
+    value = int(text)
+    if not 68 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"an MTU is between 68 and 65535, not {text}")
+    return value
+
+
+def configure_logging(fmt=None, level="info", stream=None):
+    """Configure structlog for the command line: one event per line on ``stream``.
+
+    Args:
+        fmt: ``"console"`` or ``"json"``; None picks console on a terminal.
+        level: the least severe level logged.
+        stream: where logs go (default stderr, keeping stdout for data).
+    """
+    import logging
+
+    stream = stream if stream is not None else sys.stderr
+    if fmt is None:
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def exit_status(exc):
+    """Map an error to the documented exit status."""
+    if isinstance(exc, (TapNameError, EndpointSyntaxError)):
+        return EXIT_USAGE
+    if getattr(exc, "errno", None) in (errno.EPERM, errno.EACCES):
+        return EXIT_PERMISSION
+    if isinstance(exc, SetTapAttributes):
+        return EXIT_BUSY
+    return EXIT_SYSTEM
+
+
+def fail(message, status):
+    """Print one error line on stderr and return ``status``."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def log_stats(log):
+    """Return a callback that logs one line of counters per endpoint."""
+
+    def report(forwarder):
+        stats = forwarder.stats()
+        for port in stats["ports"]:
+            log.info("stats", **port)
+        if stats["switch"] is not None:
+            log.info("switch_stats", **stats["switch"]["mac_table"], runts=stats["switch"]["runts"])
+
+    return report
+
+
+def run(args):
+    """Open the endpoints and forward until a signal; return the exit status."""
+    from greentap.forwarder import Forwarder
+    from greentap.ports import open_ports
+
+    log = structlog.get_logger(PROG)
+    specs = [parse_endpoint(text) for text in args.endpoints]
+    ports = open_ports(specs, mtu=args.mtu)
+    for port in ports:
+        log.info("endpoint_opened", **port.describe())
+    forwarder = Forwarder(ports, aging=args.aging, max_entries=args.max_macs, logger=log)
+    forwarder.handle_signals()
+    report = log_stats(log)
+    if args.stats:
+        forwarder.every(args.stats, report)
+    try:
+        forwarder.serve_forever()
+    finally:
+        forwarder.stop()
+        report(forwarder)
+        log.info("stopped")
+    return EXIT_OK
+
+
+def main(argv=None):
+    """Entry point of ``tap-forward``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        if args.demo:
+            if args.endpoints:
+                return fail("--demo takes no endpoints", EXIT_USAGE)
+            from greentap.demo import run_demo
+
+            return run_demo()
+        if len(args.endpoints) < 2:
+            return fail(
+                f"need at least two endpoints, got {len(args.endpoints)} (see --help)", EXIT_USAGE
+            )
+        return run(args)
+    except TapError as exc:
+        return fail(f"{type(exc).__name__}: {exc}", exit_status(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # one line, never a traceback; details at debug level
+        structlog.get_logger(PROG).debug("internal_error", exc_info=True)
+        return fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The forwarding engine: one greenlet per port, reading and forwarding frames.
+
+With two ports the forwarder is a wire: every frame read on one is written
+to the other.  With three or more it is a MAC learning switch
+(:mod:`greentap.switching`).  Writes never block: a destination that cannot
+take a frame drops it and counts it on that port.
+
+A port that fails (its interface deleted, an I/O error) is logged once,
+closed and taken out of the switch; the other ports keep forwarding.  Frames
+that would have gone to it are counted in its ``tx_errors``.  The forwarder
+never stops by itself: whoever runs it decides (``stop()``, a signal).
+"""
+
+import signal
+
+import gevent
+import gevent.event
+import structlog
+
+from greentap.errors import FrameRejected, TapClosed, TapError
+from greentap.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
+
+
+class Forwarder:
+    """Forward Ethernet frames between ports on the gevent hub.
+
+    Args:
+        ports: two or more :class:`~greentap.ports.Port` objects; the
+            forwarder owns them and closes them when it stops.
+        aging: seconds before a learned MAC address is forgotten (switch mode).
+        max_entries: bound of the MAC table (switch mode).
+        logger: a structlog logger (default: ``structlog.get_logger("greentap")``).
+        hub: the gevent hub (default: the current one).
+
+    Raises:
+        ValueError: fewer than two ports, or ports with different header sizes.
+    """
+
+    def __init__(
+        self,
+        ports,
+        *,
+        aging=DEFAULT_AGING,
+        max_entries=DEFAULT_MAX_ENTRIES,
+        logger=None,
+        hub=None,
+    ):
+        ports = list(ports)
+        if len(ports) < 2:
+            raise ValueError("a forwarder needs at least two ports")
+        headers = {p.header_size for p in ports}
+        if len(headers) != 1:
+            raise ValueError("all ports must use the same frame header (vnet header) size")
+        self.ports = ports
+        self.mode = "wire" if len(ports) == 2 else "switch"
+        self.switch = (
+            LearningSwitch(len(ports), aging=aging, max_entries=max_entries)
+            if self.mode == "switch"
+            else None
+        )
+        self._header = headers.pop()
+        self._hub = hub if hub is not None else gevent.get_hub()
+        self.log = logger if logger is not None else structlog.get_logger("greentap")
+        self.failed = {}  # port index -> error text
+        self._greenlets = []
+        self._helpers = []
+        self._signals = []
+        self._stop_requested = gevent.event.Event()
+        self._started = self._stopped = False
+
+    # --- lifecycle --------------------------------------------------------
+    def start(self):
+        """Start one reading greenlet per readable port.  Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        for index, port in enumerate(self.ports):
+            if port.readable:
+                g = gevent.spawn(self._pump, index)
+                g.name = f"greentap-{port.name}"
+                self._greenlets.append(g)
+        self.log.info(
+            "forwarding",
+            mode=self.mode,
+            endpoints=[p.name for p in self.ports],
+        )
+
+    def request_stop(self, *_):
+        """Ask :meth:`serve_forever` to stop; safe to call from a signal handler."""
+        self._stop_requested.set()
+
+    def wait(self, timeout=None):
+        """Block this greenlet until a stop is requested or ``timeout`` passes.
+
+        Returns:
+            True if a stop was requested.
+        """
+        return self._stop_requested.wait(timeout)
+
+    def stop(self, timeout=1.0):
+        """Stop forwarding and close every port.  Idempotent.
+
+        Args:
+            timeout: seconds to wait for the port greenlets to finish before
+                killing them.
+        """
+        self._stop_requested.set()
+        if self._stopped:
+            return
+        self._stopped = True
+        for cancel in self._signals:
+            cancel.cancel()
+        for port in self.ports:
+            port.close()  # wakes each reader with TapClosed
+        everyone = self._greenlets + self._helpers
+        gevent.joinall(everyone, timeout=timeout)
+        gevent.killall([g for g in everyone if not g.dead], block=True, timeout=timeout)
+
+    def serve_forever(self):
+        """Start, then block this greenlet until a stop is requested; then stop."""
+        self.start()
+        try:
+            self._stop_requested.wait()
+        finally:
+            self.stop()
+
+    def handle_signals(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        """Make these signals request a graceful stop (main thread only)."""
+        for signum in signals:
+            self._signals.append(gevent.signal_handler(signum, self._on_signal, signum))
+
+    def _on_signal(self, signum):
+        self.log.info("signal_received", signal=signal.Signals(signum).name)
+        self.request_stop()
+
+    def every(self, interval, callback):
+        """Call ``callback(self)`` every ``interval`` seconds until stopped."""
+
+        def loop():
+            while not self._stop_requested.wait(interval):
+                callback(self)
+
+        self._helpers.append(gevent.spawn(loop))
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    # --- introspection ----------------------------------------------------
+    def stats(self):
+        """Return counters for every port and the switch as plain data."""
+        return {
+            "mode": self.mode,
+            "ports": [
+                {**p.describe(), **p.counters.as_dict(), "failed": self.failed.get(i)}
+                for i, p in enumerate(self.ports)
+            ],
+            "switch": None
+            if self.switch is None
+            else {
+                "runts": self.switch.runts,
+                "filtered": self.switch.filtered,
+                "flooded": self.switch.flooded,
+                "mac_table": self.switch.table.stats(),
+            },
+        }
+
+    def mac_table(self):
+        """Return the learned addresses as ``[(mac, port name, age seconds)]``."""
+        if self.switch is None:
+            return []
+        now = self._hub.loop.now()
+        return [
+            (":".join(f"{b:02x}" for b in mac), self.ports[port].name, age)
+            for mac, port, age in self.switch.table.entries(now)
+        ]
+
+    # --- the per-port loops -----------------------------------------------
+    def _pump(self, index):
+        port = self.ports[index]
+        buf = bytearray(port.max_frame_size)
+        view = memoryview(buf)
+        recv_into = port.recv_into
+        try:
+            if self.switch is None:
+                self._wire(index, recv_into, buf, view)
+            else:
+                self._switch(index, recv_into, buf, view)
+        except TapClosed:
+            return  # stop() or a failure closed the port
+        except TapError as exc:
+            self._port_failed(index, exc)
+
+    def _wire(self, index, recv_into, buf, view):
+        out = 1 - index
+        send = self.ports[out].send
+        while True:
+            n = recv_into(buf)
+            try:
+                send(view[:n])
+            except FrameRejected:
+                pass  # counted by the port
+            except TapError as exc:
+                self._send_failed(out, exc)
+
+    def _switch(self, index, recv_into, buf, view):
+        decide = self.switch.decide
+        now = self._hub.loop.now
+        sends = [p.send for p in self.ports]
+        header = self._header
+        counters = self.ports[index].counters
+        while True:
+            n = recv_into(buf)
+            frame = view[:n]
+            egress = decide(index, view[header:n], now())
+            if not egress and n - header < 14:
+                counters.rx_errors += 1
+            for out in egress:
+                try:
+                    sends[out](frame)
+                except FrameRejected:
+                    pass
+                except TapError as exc:
+                    self._send_failed(out, exc)
+
+    def _send_failed(self, index, exc):
+        self.ports[index].counters.tx_errors += 1
+        if not isinstance(exc, TapClosed):
+            self._port_failed(index, exc)
+
+    def _port_failed(self, index, exc):
+        if index in self.failed or self._stopped:
+            return
+        port = self.ports[index]
+        self.failed[index] = str(exc)
+        self.log.warning(
+            "endpoint_failed",
+            endpoint=port.name,
+            kind=port.kind,
+            error=str(exc),
+            error_type=type(exc).__name__,
+        )
+        if self.switch is not None:
+            self.switch.remove_port(index)
+        # Closing wakes the port's own reader (if this came from a send).
+        gevent.spawn(port.close)

@@ -1,0 +1,263 @@
+"""tap-forward and the Forwarder between real namespaces: wire, switch, signals, failures."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import greentap
+from greentap import cli
+from greentap.forwarder import Forwarder
+from greentap.ports import TapPort
+from tests.privileged.conftest import capless_python, python_env, unique
+from tests.privileged.topology import SCRIPT, TapForward, gevent_wait, hosts, iperf3
+
+
+@pytest.fixture
+def forwarders(tmp_path):
+    started = []
+
+    def start(*args):
+        tf = TapForward(*args, tmp_path=tmp_path)
+        started.append(tf)
+        return tf
+
+    yield start
+    for tf in started:
+        tf.stop()
+
+
+def test_two_namespaces_joined_by_tap_forward(make_netns, forwarders):
+    """tap-forward between two namespaces: ping with 0% loss and an iperf3 TCP transfer."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding", mode="wire")
+    a.configure()
+    b.configure()
+    ping = a.ping(b, count=5)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    result = iperf3(a, b)
+    received = result["end"]["sum_received"]["bytes"]
+    assert received > 1_000_000
+    rate = result["end"]["sum_received"]["bits_per_second"] / 1e9
+    print(f"iperf3 through tap-forward: {rate:.2f} Gbit/s")
+    status, _ = tf.terminate()
+    assert status == 0
+
+
+def test_two_namespaces_joined_in_process(make_netns):
+    """The same through the library API in this process: ping and iperf3 both work."""
+    a, b = hosts(make_netns, 2)
+    ports = [TapPort(a.tap, netns=a.ns.name), TapPort(b.tap, netns=b.ns.name)]
+    with Forwarder(ports) as fwd:
+        a.configure()
+        b.configure()
+        ping = a.ns.popen(
+            "ping", "-c", "5", "-i", "0.2", "-W", "2", b.ip, stdout=subprocess.PIPE, text=True
+        )
+        gevent_wait(ping)
+        out = ping.stdout.read()
+        assert ping.returncode == 0 and " 0% packet loss" in out, out
+        result = iperf3(a, b, wait=gevent_wait)
+        assert result["end"]["sum_received"]["bytes"] > 1_000_000
+        stats = fwd.stats()["ports"]
+        assert stats[0]["rx_packets"] >= 5 and stats[1]["rx_packets"] >= 5
+        assert stats[0]["rx_packets"] == stats[1]["tx_packets"] + stats[1]["tx_dropped"]
+    assert all(p.polled.closed for p in ports)
+    assert a.ns.link(a.tap) is None  # created by the port, gone with it
+
+
+def capture(host, bpf):
+    """Start tcpdump on the host's TAP (kernel side); return the process once it listens."""
+    proc = host.ns.popen(
+        "tcpdump", "-i", host.tap, "-n", "-l", "-e", bpf,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for _ in range(3):
+        line = proc.stderr.readline()
+        if "listening on" in line:
+            return proc
+    raise AssertionError(f"tcpdump did not start: {line}")
+
+
+def stop_capture(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    return out
+
+
+def test_three_port_switch_floods_broadcast_and_learns_unicast(make_netns, forwarders):
+    """Broadcast reaches both other hosts; once learned, A<->B unicast is not seen on C."""
+    a, b, c = hosts(make_netns, 3)
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint, c.endpoint)
+    tf.wait_for("forwarding", mode="switch")
+    for h in (a, b, c):
+        h.configure()
+    on_c = capture(c, "arp or icmp")
+    on_b = capture(b, "arp")
+    ping = a.ping(b, count=5)
+    seen_c, seen_b = stop_capture(on_c), stop_capture(on_b)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    who_has = f"Request who-has {b.ip} tell {a.ip}"
+    assert who_has in seen_b and who_has in seen_c  # the broadcast was flooded to both
+    assert "ICMP" not in seen_c, seen_c  # unicast A<->B never reached C
+    assert "Reply" not in seen_c  # nor B's unicast ARP reply
+
+
+def test_sigterm_exits_zero_and_restores_what_it_found(make_netns, forwarders):
+    """SIGTERM: exit 0 within a second, final counters logged, created TAP gone,
+    attached persistent TAP still there, down again, MTU restored."""
+    a, b = hosts(make_netns, 2)
+    b.ns.ip("tuntap", "add", "dev", b.tap, "mode", "tap")
+    tf = forwarders("--stats", "0", "--mtu", "1400", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding")
+    assert b.ns.link(b.tap)["mtu"] == 1400 and "UP" in b.ns.link(b.tap)["flags"]
+    assert a.ns.link(a.tap)["mtu"] == 1400
+    status, took = tf.terminate(timeout=1.0)
+    assert status == 0
+    assert took < 1.0
+    events = tf.events()
+    names = [e["event"] for e in events]
+    assert "signal_received" in names and names[-1] == "stopped"
+    assert {e["endpoint"] for e in events if e["event"] == "stats"} == {a.tap, b.tap}
+    assert a.ns.link(a.tap) is None
+    persistent = b.ns.link(b.tap)
+    assert persistent is not None
+    assert "UP" not in persistent["flags"] and persistent["mtu"] == 1500
+
+
+def test_sigint_also_stops_cleanly(make_netns, forwarders):
+    """Ctrl-C (SIGINT) is a graceful stop too, exit 0."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding")
+    tf.proc.send_signal(signal.SIGINT)
+    assert tf.proc.wait(timeout=2) == 0
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+def test_deleting_a_tap_under_traffic_does_not_crash(make_netns, forwarders):
+    """Delete C's TAP while A floods B: the process lives, logs the failure once,
+    and A<->B keeps working."""
+    a, b, c = hosts(make_netns, 3)
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint, c.endpoint)
+    tf.wait_for("forwarding")
+    for h in (a, b, c):
+        h.configure()
+    flood = a.ns.popen(
+        "ping", "-f", "-c", "20000", "-w", "20", c.ip, stdout=subprocess.DEVNULL
+    )  # traffic through C's port (and broadcasts to all) while it disappears
+    try:
+        time.sleep(0.3)
+        c.ns.ip("link", "del", c.tap)
+        failed = tf.wait_for("endpoint_failed", endpoint=c.tap)
+        assert failed["error_type"] == "TapVanished"
+        assert tf.proc.poll() is None
+    finally:
+        flood.kill()
+        flood.wait()
+    ping = a.ping(b, count=3)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    assert [e["event"] for e in tf.events()].count("endpoint_failed") == 1
+    status, _ = tf.terminate(timeout=2)
+    assert status == 0
+
+
+def test_wire_survives_losing_one_side(make_netns, forwarders):
+    """In a two-port wire, deleting one TAP is logged; the process keeps running."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding")
+    a.configure()
+    b.configure()
+    b.ns.ip("link", "del", b.tap)
+    tf.wait_for("endpoint_failed", endpoint=b.tap)
+    a.ping(b, count=2)  # frames now have nowhere to go: counted, no crash
+    assert tf.proc.poll() is None
+    assert tf.terminate(timeout=2)[0] == 0
+
+
+def test_stats_are_logged_periodically(make_netns, forwarders):
+    """--stats N logs one counters line per endpoint every N seconds."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0.2", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding")
+    a.configure()
+    b.configure()
+    a.ping(b, count=2)
+    line = tf.wait_for("stats", endpoint=a.tap)
+    for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_dropped", "tx_errors"):
+        assert key in line
+    tf.terminate()
+
+
+def test_busy_device_exits_4_with_one_line(netns, open_tap, forwarders):
+    """A TAP already held by someone else: one error line, exit status 4."""
+    held = open_tap()
+    tf = forwarders(f"tap:{held.name}?netns={netns.name}", f"tap:{unique()}?netns={netns.name}")
+    assert tf.proc.wait(timeout=20) == cli.EXIT_BUSY
+    text = tf.log_path.read_text().strip().splitlines()
+    assert len(text) == 1 and "busy" in text[0] and "Traceback" not in text[0]
+    assert netns.links() == ["lo", held.name]  # the second TAP was not left behind
+
+
+def test_not_privileged_exits_3(netns):
+    """Without CAP_NET_ADMIN: 'needs CAP_NET_ADMIN' on one line, exit status 3."""
+    code = (
+        "import sys; from greentap.cli import main; "
+        f"sys.exit(main(['--log-format', 'json', {unique()!r}, {unique()!r}]))"
+    )
+    out = capless_python(netns, code)
+    assert out.returncode == cli.EXIT_PERMISSION
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("(needs CAP_NET_ADMIN)"), out.stderr
+
+
+def namespaces():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_demo_runs_and_cleans_up():
+    """`tap-forward --demo` pings across with 0% loss, prints counters and leaves nothing behind."""
+    out = subprocess.run(
+        [sys.executable, SCRIPT, "--demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=python_env(),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0% packet loss" in out.stdout
+    assert re.search(r"gtd\d+a +\d+ +\d+", out.stdout)  # a counters row
+    assert "cleaned up" in out.stdout
+    assert not [n for n in namespaces() if n.startswith("gtdemo-")]
+
+
+def test_demo_cleans_up_on_ctrl_c():
+    """Ctrl-C during the demo still removes its namespaces and TAPs."""
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    for line in proc.stdout:
+        if line.startswith("$ "):  # namespaces and TAPs exist, the ping is starting
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "cleaned up" in out
+    assert not [n for n in namespaces() if n.startswith(f"gtdemo-{proc.pid}-")]
+
+
+def test_library_raises_what_the_cli_reports(netns, open_tap):
+    """The CLI's "busy" is the library's SetTapAttributes, raised by TapPort."""
+    held = open_tap()
+    with pytest.raises(greentap.SetTapAttributes, match="busy"):
+        TapPort(held.name, netns=netns.name)

@@ -1,0 +1,126 @@
+"""Hosts in namespaces joined by tap-forward, for the forwarding tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+
+from tests.privileged.conftest import python_env, unique
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "tap-forward")
+
+
+class Host:
+    """A namespace with a TAP (made by the forwarder) and an address in 198.18.0.0/24."""
+
+    def __init__(self, ns, index):
+        self.ns = ns
+        self.tap = unique("gh")
+        self.ip = f"198.18.0.{index + 1}"
+        self.endpoint = f"tap:{self.tap}?netns={ns.name}"
+
+    def configure(self):
+        self.ns.ip("addr", "add", f"{self.ip}/24", "dev", self.tap)
+
+    def ping(self, other, count=3, interval="0.2"):
+        return self.ns.exec(
+            "ping", "-c", str(count), "-i", interval, "-W", "2", other.ip, check=False, timeout=30
+        )
+
+
+def hosts(make_netns, n):
+    return [Host(make_netns(), i) for i in range(n)]
+
+
+def iperf3(client, server, seconds=2, wait=None):
+    """Run an iperf3 TCP test from client to server; return the parsed JSON result.
+
+    Args:
+        wait: ``wait(proc)`` waits for a process; pass :func:`gevent_wait`
+            when the forwarder runs in this process's hub.  Default: block.
+    """
+    wait = wait or (lambda proc: proc.wait(timeout=60))
+    srv = server.ns.popen(
+        "iperf3", "-s", "-1", "--forceflush", "-B", server.ip, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(5):
+            if "Server listening" in srv.stdout.readline():
+                break
+        else:
+            raise AssertionError("iperf3 server did not start")
+        cli = client.ns.popen(
+            "iperf3", "-c", server.ip, "-t", str(seconds), "-J", stdout=subprocess.PIPE, text=True
+        )
+        wait(cli)
+        out = cli.stdout.read()  # read after exit: the JSON report fits a pipe buffer
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
+    assert cli.returncode == 0, out
+    return json.loads(out)
+
+
+def gevent_wait(proc, timeout=60):
+    """Wait for a process without blocking the hub."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{proc.args} did not finish in {timeout} s")
+        gevent.sleep(0.02)
+
+
+class TapForward:
+    """`tap-forward` run as a subprocess, as a user would; JSON logs on stderr."""
+
+    def __init__(self, *args, tmp_path):
+        self.log_path = tmp_path / f"tap-forward-{unique('')}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, SCRIPT, "--log-format", "json", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=python_env(),
+        )
+
+    def events(self):
+        out = []
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    out.append({"event": "<not json>", "line": line})
+        return out
+
+    def wait_for(self, event, timeout=10, **match):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
+                    return e
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(
+            f"no {event!r} event (exit {self.proc.poll()}); log:\n{self.log_path.read_text()}"
+        )
+
+    def terminate(self, timeout=1.0):
+        """SIGTERM; return (exit status, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(timeout=timeout)
+        return status, time.monotonic() - start
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
