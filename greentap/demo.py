@@ -26,9 +26,7 @@ def _ip(*args):
 
 def _preflight():
     if os.geteuid() != 0:
-        raise OpenTunFailed(
-            None, "--demo creates namespaces and TAPs: run it as root", errno.EPERM
-        )
+        raise OpenTunFailed(None, "--demo creates namespaces and TAPs: run it as root", errno.EPERM)
     for tool in ("ip", "ping"):
         if shutil.which(tool) is None:
             raise TapError(None, f"--demo needs `{tool}` (Debian: iproute2, iputils-ping)")
@@ -66,7 +64,7 @@ def run_demo(out=None, count=5):
             _ip("netns", "add", ns)
             made.append(ns)
             _ip("-n", ns, "link", "set", "lo", "up")
-        for ns, name, addr in zip(namespaces, names, ADDRESSES):
+        for ns, name, addr in zip(namespaces, names, ADDRESSES, strict=True):
             ports.append(TapPort(name, netns=ns))
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", name)
             say(f"  namespace {ns}: {name} {addr}/24")

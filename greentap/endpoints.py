@@ -63,9 +63,7 @@ def parse_endpoint(text):
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in OPTIONS[kind]:
             known = ", ".join(sorted(OPTIONS[kind])) or "none"
-            raise EndpointSyntaxError(
-                None, f"unknown option {key!r} in {text!r} (known: {known})"
-            )
+            raise EndpointSyntaxError(None, f"unknown option {key!r} in {text!r} (known: {known})")
         if key in options:
             raise EndpointSyntaxError(None, f"option {key!r} given twice in {text!r}")
         options[key] = value

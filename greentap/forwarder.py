@@ -18,6 +18,7 @@ import gevent.event
 import structlog
 
 from greentap.errors import FrameRejected, TapClosed, TapError
+from greentap.ports import FramePort
 from greentap.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
 
 
@@ -196,7 +197,12 @@ class Forwarder:
 
     def _wire(self, index, recv_into, buf, view):
         out = 1 - index
-        send = self.ports[out].send
+        src, dst = self.ports[index], self.ports[out]
+        if isinstance(src, FramePort) and isinstance(dst, FramePort):
+            # Both are fd devices: the tight relay (two syscalls per frame).
+            src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc, count=False))
+            return
+        send = dst.send
         while True:
             n = recv_into(buf)
             try:
@@ -226,8 +232,9 @@ class Forwarder:
                 except TapError as exc:
                     self._send_failed(out, exc)
 
-    def _send_failed(self, index, exc):
-        self.ports[index].counters.tx_errors += 1
+    def _send_failed(self, index, exc, count=True):
+        if count:
+            self.ports[index].counters.tx_errors += 1
         if not isinstance(exc, TapClosed):
             self._port_failed(index, exc)
 
