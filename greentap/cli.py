@@ -37,12 +37,22 @@ endpoints:
                          otherwise (brought up, removed on exit). NAME may be
                          a template such as tap%d.
   tap:NAME?netns=NS      the same, inside network namespace NS (ip netns name)
+  vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...][&local=ADDR:PORT]
+                         a VXLAN tunnel (RFC 7348, UDP port 4789 by default) to
+                         one or more remote VTEPs: the Linux kernel's vxlan,
+                         Open vSwitch, another tap-forward. VXLAN adds 50 bytes:
+                         give the TAPs an MTU of the path's minus 50 (--mtu).
+  udp://REMOTE:PORT[?local=ADDR:PORT]
+                         raw frames, one per datagram (QEMU's -netdev dgram)
+                         IPv6 addresses go in brackets: udp://[::1]:5555
 
 examples:
   {PROG} --demo                 see it work: two namespaces, a ping across
   {PROG} tap0 tap1              a wire between two TAPs
   {PROG} tap0 tap1 tap2         a learning switch between three TAPs
   {PROG} --stats 5 --log-format json tap:vm1 tap:vm2
+  {PROG} --mtu 1450 tap0 'vxlan://192.0.2.7?vni=42'      a TAP into a VXLAN segment
+  {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev
 
 exit status:
   0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
@@ -62,8 +72,8 @@ def build_parser():
     """Return the argument parser of ``tap-forward``."""
     p = _Parser(
         prog=PROG,
-        description="Forward Ethernet frames between TAP interfaces: two endpoints "
-        "make a wire, three or more a MAC learning switch.",
+        description="Forward Ethernet frames between TAP interfaces, VXLAN tunnels and "
+        "UDP sockets: two endpoints make a wire, three or more a MAC learning switch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -156,7 +156,12 @@ class Forwarder:
         return {
             "mode": self.mode,
             "ports": [
-                {**p.describe(), **p.counters.as_dict(), "failed": self.failed.get(i)}
+                {
+                    **p.describe(),
+                    **p.counters.as_dict(),
+                    "drops": dict(p.drops),
+                    "failed": self.failed.get(i),
+                }
                 for i, p in enumerate(self.ports)
             ],
             "switch": None

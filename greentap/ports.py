@@ -6,6 +6,8 @@ Every port has the same shape: ``name``, ``kind``, ``counters``,
 about them, so UDP, VXLAN or pcap ports fit without changing it.
 """
 
+import types
+
 from greentap.device import Tap
 from greentap.errors import EndpointSyntaxError, TapError
 
@@ -20,11 +22,14 @@ class Port:
         max_frame_size: the buffer size :meth:`recv_into` needs.
         header_size: bytes before the Ethernet header in each frame (vnet header).
         readable: False for write-only ports.
+        drops: frames dropped, by reason (e.g. ``rx_wrong_vni``), for ports
+            that have reasons to tell.
     """
 
     kind = "port"
     readable = True
     header_size = 0
+    drops = types.MappingProxyType({})  # ports that count drops replace it
 
     def recv_into(self, buffer):  # pragma: no cover - interface
         """Read one frame into ``buffer`` and return its length, blocking this greenlet."""
@@ -159,6 +164,10 @@ def open_port(spec, *, mtu=None, hub=None):
     """
     if spec.kind == "tap":
         return TapPort(spec.name, netns=spec.options.get("netns"), mtu=mtu, hub=hub)
+    if spec.kind in ("vxlan", "udp"):
+        from greentap.tunnel_ports import open_tunnel  # it builds on this module's Port
+
+        return open_tunnel(spec, hub=hub)
     raise EndpointSyntaxError(None, f"cannot open endpoint of kind {spec.kind!r}")
 
 

@@ -79,11 +79,12 @@ def gevent_wait(proc, timeout=60):
 class TapForward:
     """`tap-forward` run as a subprocess, as a user would; JSON logs on stderr."""
 
-    def __init__(self, *args, tmp_path):
+    def __init__(self, *args, tmp_path, netns=None):
         self.log_path = tmp_path / f"tap-forward-{unique('')}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         self.proc = subprocess.Popen(
-            [sys.executable, SCRIPT, "--log-format", "json", *args],
+            [*prefix, sys.executable, SCRIPT, "--log-format", "json", *args],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=python_env(),
