@@ -122,32 +122,23 @@ def build_parser():
     return p
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
+def _number(name, convert, accept, expectation):
+    """An argparse type: ``convert`` the text, then require ``accept(value)``."""
+
+    def parse(text):
+        value = convert(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{expectation}, not {text}")
+        return value
+
+    parse.__name__ = name  # argparse names it in "invalid <name> value"
+    return parse
 
 
-def _positive_float(text):
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
-def _mtu(text):
-    value = int(text)
-    if not 68 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"an MTU is between 68 and 65535, not {text}")
-    return value
+_positive_int = _number("count", int, lambda v: v >= 1, "must be at least 1")
+_positive_float = _number("seconds", float, lambda v: v > 0, "must be positive")
+_non_negative_float = _number("seconds", float, lambda v: v >= 0, "must not be negative")
+_mtu = _number("MTU", int, lambda v: 68 <= v <= 65535, "an MTU is between 68 and 65535")
 
 
 def configure_logging(fmt=None, level="info", stream=None):
