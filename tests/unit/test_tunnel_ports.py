@@ -212,3 +212,16 @@ def test_mixed_families_are_refused():
     """IPv4 remotes with an IPv6 local address cannot work: refused up front."""
     with pytest.raises(OpenTunFailed, match="mix IPv4 and IPv6"):
         VxlanPort("vx", [("127.0.0.1", 4789)], 7, ("::1", 0))
+
+
+def test_vxlan_over_ipv6(closing):
+    """vxlan:// with IPv6 remotes and local address: encapsulation both ways, sender checked."""
+    r = peer("::1")
+    closing(r)
+    port = VxlanPort("vx6", [r.getsockname()[:2]], 99, ("::1", 0))
+    closing(port)
+    assert port.send(frame(BCAST, A)) is True
+    assert r.recv(2000) == vxlan.encode(99, frame(BCAST, A))
+    r.sendto(vxlan.encode(99, frame(A, B)), port.local)
+    assert recv_frame(port) == frame(A, B)
+    assert port.describe()["local"].startswith("::1:")
