@@ -13,6 +13,8 @@ Open a device with :class:`Tap`, drive it cooperatively with
 from greentap.counters import DeviceCounters
 from greentap.device import Tap
 from greentap.errors import (
+    EndpointSyntaxError,
+    EndpointUnavailable,
     FrameRejected,
     InvalidTapName,
     LinkConfigFailed,
@@ -44,6 +46,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DeviceCounters",
+    "EndpointSyntaxError",
+    "EndpointUnavailable",
     "FrameRejected",
     "InvalidTapName",
     "LinkConfigFailed",

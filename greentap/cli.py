@@ -8,13 +8,15 @@ every error into one line on stderr and a documented exit status.
 import argparse
 import errno
 import sys
+import time
 
 import structlog
 
 import greentap
-from greentap.endpoints import SYNTAX, parse_endpoint
+from greentap.endpoints import SYNTAX, parse_endpoint, parse_hostport
 from greentap.errors import (
     EndpointSyntaxError,
+    EndpointUnavailable,
     SetTapAttributes,
     TapError,
     TapNameError,
@@ -44,6 +46,10 @@ endpoints:
                          give the TAPs an MTU of the path's minus 50 (--mtu).
   udp://REMOTE:PORT[?local=ADDR:PORT]
                          raw frames, one per datagram (QEMU's -netdev dgram)
+  pcap:PATH[?snaplen=N&rotate=SIZE&keep=N] | pcap:-
+                         write-only: every frame forwarded, as a pcap file
+                         (rotated at SIZE such as 100M, keeping N files) or
+                         a pcap stream on stdout (logs stay on stderr)
                          IPv6 addresses go in brackets: udp://[::1]:5555
 
 examples:
@@ -53,6 +59,8 @@ examples:
   {PROG} --stats 5 --log-format json tap:vm1 tap:vm2
   {PROG} --mtu 1450 tap0 'vxlan://192.0.2.7?vni=42'      a TAP into a VXLAN segment
   {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev
+  {PROG} tap0 tap1 pcap:- | tcpdump -n -r -    watch the traffic live
+  {PROG} --metrics 9100 tap0 tap1 'pcap:/var/tmp/sw.pcap?rotate=100M&keep=5'
 
 exit status:
   0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
@@ -100,6 +108,12 @@ def build_parser():
     )
     p.add_argument("--mtu", type=_mtu, metavar="N", help="set the MTU of the TAPs it opens")
     p.add_argument(
+        "--metrics",
+        type=_listen_address,
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus metrics over HTTP (address default 127.0.0.1)",
+    )
+    p.add_argument(
         "--max-macs",
         type=_positive_int,
         default=8192,
@@ -139,6 +153,19 @@ _positive_int = _number("count", int, lambda v: v >= 1, "must be at least 1")
 _positive_float = _number("seconds", float, lambda v: v > 0, "must be positive")
 _non_negative_float = _number("seconds", float, lambda v: v >= 0, "must not be negative")
 _mtu = _number("MTU", int, lambda v: 68 <= v <= 65535, "an MTU is between 68 and 65535")
+
+
+def _listen_address(text):
+    if text.isdigit():
+        host, port = "127.0.0.1", int(text)
+    else:
+        try:
+            host, port = parse_hostport(text, what="--metrics address")
+        except EndpointSyntaxError as exc:
+            raise argparse.ArgumentTypeError(exc.reason) from None
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}")
+    return host, port
 
 
 def configure_logging(fmt=None, level="info", stream=None):
@@ -188,13 +215,29 @@ def fail(message, status):
     return status
 
 
-def log_stats(log):
-    """Return a callback that logs one line of counters per endpoint."""
+def log_stats(log, clock=time.monotonic):
+    """Return a callback that logs one line of counters and rates per endpoint.
+
+    Rates (``rx_pps``, ``tx_pps``, ``rx_bps``, ``tx_bps``) are over the time
+    since the previous report.
+    """
+    previous = {}
 
     def report(forwarder):
+        now = clock()
         stats = forwarder.stats()
-        for port in stats["ports"]:
-            log.info("stats", **port)
+        for index, port in enumerate(stats["ports"]):
+            rates = {}
+            last = previous.get(index)
+            if last is not None and now > last[0]:
+                dt = now - last[0]
+                for side in ("rx", "tx"):
+                    packets = port[f"{side}_packets"] - last[1][f"{side}_packets"]
+                    octets = port[f"{side}_bytes"] - last[1][f"{side}_bytes"]
+                    rates[f"{side}_pps"] = round(packets / dt, 1)
+                    rates[f"{side}_bps"] = round(octets * 8 / dt)
+            previous[index] = (now, port)
+            log.info("stats", **port, **rates)
         if stats["switch"] is not None:
             log.info("switch_stats", **stats["switch"]["mac_table"], runts=stats["switch"]["runts"])
 
@@ -208,11 +251,23 @@ def run(args):
 
     log = structlog.get_logger(PROG)
     specs = [parse_endpoint(text) for text in args.endpoints]
-    ports = open_ports(specs, mtu=args.mtu)
+    ports = open_ports(specs, mtu=args.mtu, logger=log)
     for port in ports:
         log.info("endpoint_opened", **port.describe())
     forwarder = Forwarder(ports, aging=args.aging, max_entries=args.max_macs, logger=log)
     forwarder.handle_signals()
+    if args.metrics:
+        from greentap.metrics import make_wsgi_app
+
+        try:
+            host, port = forwarder.serve_wsgi(make_wsgi_app(forwarder), args.metrics)
+        except OSError as exc:
+            forwarder.stop()
+            where = "{}:{}".format(*args.metrics)
+            raise EndpointUnavailable.from_errno(
+                None, exc.errno, f"cannot serve --metrics on {where}"
+            ) from exc
+        log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
     report = log_stats(log)
     if args.stats:
         forwarder.every(args.stats, report)

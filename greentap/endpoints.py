@@ -16,13 +16,16 @@ OPTIONS = {
     "tap": {"netns"},
     "vxlan": {"vni", "remote", "local"},
     "udp": {"local"},
+    "pcap": {"snaplen", "rotate", "keep"},
 }
 #: Options that may be given more than once.
 REPEATABLE = {"remote"}
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
-    "[&local=ADDR:PORT] or udp://REMOTE:PORT[?local=ADDR:PORT]"
+    "[&local=ADDR:PORT], udp://REMOTE:PORT[?local=ADDR:PORT] or "
+    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N]"
 )
+_SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +33,12 @@ class EndpointSpec:
     """What an endpoint description asks for.
 
     Attributes:
-        kind: ``"tap"``, ``"vxlan"`` or ``"udp"``.
+        kind: ``"tap"``, ``"vxlan"``, ``"udp"`` or ``"pcap"``.
         name: the interface name (or template); for tunnels the description.
         options: for a TAP the ``?key=value`` options as str; for a tunnel
             ``remotes`` (a list of ``(host, port)``), ``local`` (``(host,
-            port)``, optional) and, for VXLAN, ``vni`` (int).
+            port)``, optional) and, for VXLAN, ``vni`` (int); for pcap
+            ``snaplen``, ``rotate`` (bytes) and ``keep`` when given.
         text: the description as given.
     """
 
@@ -125,13 +129,49 @@ def _parse_tunnel(kind, text):
     return EndpointSpec(kind, text, parsed, text)
 
 
+def parse_size(text, what):
+    """Parse ``10M``, ``512k``, ``1G`` or a plain number of bytes.
+
+    Raises:
+        EndpointSyntaxError: not a positive size.
+    """
+    number, suffix = text, ""
+    if text and text[-1].lower() in "kmg":
+        number, suffix = text[:-1], text[-1].lower()
+    if not number.isdigit() or int(number) < 1:
+        raise EndpointSyntaxError(None, f"{what} {text!r}: expected a size such as 100M")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
+
+def _parse_pcap(text):
+    path, _, query = text[len("pcap:") :].partition("?")
+    if not path:
+        raise EndpointSyntaxError(None, f"{text!r} names no file (use pcap:- for stdout)")
+    options = _parse_query("pcap", query, text)
+    parsed = {}
+    for key in ("snaplen", "keep"):
+        if key in options:
+            value = options[key]
+            if not value.isdigit() or int(value) < 1:
+                raise EndpointSyntaxError(None, f"{key} {value!r} in {text!r}: expected N >= 1")
+            parsed[key] = int(value)
+    if "rotate" in options:
+        parsed["rotate"] = parse_size(options["rotate"], f"rotate in {text!r}")
+    if "keep" in parsed and "rotate" not in parsed:
+        raise EndpointSyntaxError(None, f"keep= needs rotate= in {text!r}")
+    if "rotate" in parsed and path == "-":
+        raise EndpointSyntaxError(None, f"pcap:- is a stream and cannot rotate: {text!r}")
+    return EndpointSpec("pcap", path, parsed, text)
+
+
 def parse_endpoint(text):
     """Parse one endpoint description.
 
     Args:
         text: ``NAME`` or ``tap:NAME`` (optionally ``?netns=NS``),
             ``vxlan://REMOTE[:PORT]?vni=N[&remote=...][&local=ADDR:PORT]`` or
-            ``udp://REMOTE:PORT[?local=ADDR:PORT]``.
+            ``udp://REMOTE:PORT[?local=ADDR:PORT]``,
+            ``pcap:PATH`` or ``pcap:-`` (``?snaplen=N&rotate=SIZE&keep=N``).
 
     Returns:
         An :class:`EndpointSpec`.
@@ -144,6 +184,8 @@ def parse_endpoint(text):
     for kind in ("vxlan", "udp"):
         if text.startswith(f"{kind}://"):
             return _parse_tunnel(kind, text)
+    if text.startswith("pcap:"):
+        return _parse_pcap(text)
     rest = text
     kind = "tap"
     scheme, sep, after = text.partition(":")

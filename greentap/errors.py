@@ -123,6 +123,11 @@ class NotATapDevice(SetTapAttributes):
     """A file descriptor given to :meth:`Tap.from_fd` is not an attached TUN/TAP fd."""
 
 
+class EndpointUnavailable(TapError, OSError):
+    """A socket or file behind an endpoint cannot be set up: an address in use
+    or unresolvable, a file that cannot be created."""
+
+
 class LinkConfigFailed(TapError, OSError):
     """A link setting (up/down, MTU, MAC, queue length) was refused."""
 

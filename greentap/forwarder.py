@@ -1,5 +1,8 @@
 """The forwarding engine: one greenlet per port, reading and forwarding frames.
 
+Write-only ports (a pcap capture) are mirrors: every frame read from any
+port is also given to each of them; they take no part in switching.
+
 With two ports the forwarder is a wire: every frame read on one is written
 to the other.  With three or more it is a MAC learning switch
 (:mod:`greentap.switching`).  Writes never block: a destination that cannot
@@ -47,15 +50,19 @@ class Forwarder:
         hub=None,
     ):
         ports = list(ports)
-        if len(ports) < 2:
-            raise ValueError("a forwarder needs at least two ports")
-        headers = {p.header_size for p in ports}
+        data = [p for p in ports if p.readable]
+        # Write-only ports (pcap) mirror every frame read; they take no part
+        # in switching.  Indices 0..len(data)-1 are the switch's port numbers.
+        self.mirrors = [p for p in ports if not p.readable]
+        if len(data) < 2:
+            raise ValueError("a forwarder needs at least two ports that carry traffic")
+        headers = {p.header_size for p in data}
         if len(headers) != 1:
             raise ValueError("all ports must use the same frame header (vnet header) size")
-        self.ports = ports
-        self.mode = "wire" if len(ports) == 2 else "switch"
+        self.ports = data + self.mirrors
+        self.mode = "wire" if len(data) == 2 else "switch"
         self.switch = (
-            LearningSwitch(len(ports), aging=aging, max_entries=max_entries)
+            LearningSwitch(len(data), aging=aging, max_entries=max_entries)
             if self.mode == "switch"
             else None
         )
@@ -66,6 +73,7 @@ class Forwarder:
         self._greenlets = []
         self._helpers = []
         self._signals = []
+        self._servers = []
         self._stop_requested = gevent.event.Event()
         self._started = self._stopped = False
 
@@ -111,6 +119,8 @@ class Forwarder:
         self._stopped = True
         for cancel in self._signals:
             cancel.cancel()
+        for server in self._servers:
+            server.stop(timeout=timeout)
         for port in self.ports:
             port.close()  # wakes each reader with TapClosed
         everyone = self._greenlets + self._helpers
@@ -142,6 +152,26 @@ class Forwarder:
                 callback(self)
 
         self._helpers.append(gevent.spawn(loop))
+
+    def serve_wsgi(self, app, address):
+        """Serve a WSGI app (e.g. metrics) on this hub until the forwarder stops.
+
+        Args:
+            app: the WSGI application.
+            address: ``(host, port)`` to listen on; port 0 picks one.
+
+        Returns:
+            The ``(host, port)`` actually bound.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        from gevent.pywsgi import WSGIServer
+
+        server = WSGIServer(address, app, log=None, error_log=None)
+        server.start()
+        self._servers.append(server)
+        return server.address[:2]
 
     def __enter__(self):
         self.start()
@@ -203,15 +233,21 @@ class Forwarder:
     def _wire(self, index, recv_into, buf, view):
         out = 1 - index
         src, dst = self.ports[index], self.ports[out]
+        mirrors = [m.send for m in self.mirrors]
         if isinstance(src, FramePort) and isinstance(dst, FramePort):
             # Both are fd devices: the tight relay (two syscalls per frame).
-            src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc, count=False))
+            src.polled.relay_to(
+                dst.polled, lambda exc: self._send_failed(out, exc, count=False), mirrors
+            )
             return
         send = dst.send
         while True:
             n = recv_into(buf)
+            frame = view[:n]
+            for mirror in mirrors:
+                mirror(frame)
             try:
-                send(view[:n])
+                send(frame)
             except FrameRejected:
                 pass  # counted by the port
             except TapError as exc:
@@ -223,9 +259,12 @@ class Forwarder:
         sends = [p.send for p in self.ports]
         header = self._header
         counters = self.ports[index].counters
+        mirrors = [m.send for m in self.mirrors]
         while True:
             n = recv_into(buf)
             frame = view[:n]
+            for mirror in mirrors:
+                mirror(frame)
             egress = decide(index, view[header:n], now())
             if not egress and n - header < 14:
                 counters.rx_errors += 1

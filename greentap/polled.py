@@ -205,7 +205,7 @@ class PolledTap:
         return True
 
     # --- relay --------------------------------------------------------------
-    def relay_to(self, dst, on_send_error):
+    def relay_to(self, dst, on_send_error, mirrors=()):
         """Forward every frame read from this device to ``dst`` until this one closes.
 
         The wire's hot path: per frame one ``read`` and one ``write``, nothing
@@ -222,6 +222,8 @@ class PolledTap:
                 ``dst`` fails for good (not backpressure, not link down); the
                 relay keeps reading, counting frames for a closed ``dst`` in
                 its ``tx_errors``.
+            mirrors: callables given every frame read (e.g. a pcap port's
+                ``send``); they must not block or raise.
 
         Raises:
             TapClosed: this device was closed (the normal end).
@@ -252,6 +254,9 @@ class PolledTap:
                         )
                     rx += 1
                     rx_bytes += n
+                    if mirrors:
+                        for mirror in mirrors:
+                            mirror(frame)
                     if out < 0:
                         errors += 1
                         continue

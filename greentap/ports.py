@@ -147,13 +147,14 @@ class TapPort(FramePort):
         }
 
 
-def open_port(spec, *, mtu=None, hub=None):
+def open_port(spec, *, mtu=None, hub=None, logger=None):
     """Open the port an :class:`~greentap.endpoints.EndpointSpec` describes.
 
     Args:
         spec: the parsed endpoint.
         mtu: MTU for TAP ports, or None.
         hub: the gevent hub.
+        logger: a structlog logger for ports that log state changes (pcap).
 
     Returns:
         A :class:`Port`.
@@ -168,6 +169,10 @@ def open_port(spec, *, mtu=None, hub=None):
         from greentap.tunnel_ports import open_tunnel  # it builds on this module's Port
 
         return open_tunnel(spec, hub=hub)
+    if spec.kind == "pcap":
+        from greentap.pcap_port import open_pcap
+
+        return open_pcap(spec, logger=logger)
     raise EndpointSyntaxError(None, f"cannot open endpoint of kind {spec.kind!r}")
 
 

@@ -23,7 +23,7 @@ from gevent import get_hub
 
 from greentap import vxlan
 from greentap.counters import DeviceCounters
-from greentap.errors import OpenTunFailed, TapClosed, TapError
+from greentap.errors import EndpointUnavailable, TapClosed, TapError
 from greentap.kernel_constants import ETH_HLEN
 from greentap.polled import DEFAULT_BUDGET
 from greentap.ports import Port
@@ -52,12 +52,12 @@ def resolve(host, port):
     """Resolve ``host`` to a ``(family, sockaddr)`` for UDP.
 
     Raises:
-        OpenTunFailed: the name does not resolve.
+        EndpointUnavailable: the name does not resolve.
     """
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise OpenTunFailed(None, f"cannot resolve {host!r}: {exc.strerror}") from exc
+        raise EndpointUnavailable(None, f"cannot resolve {host!r}: {exc.strerror}") from exc
     fam, _, _, _, sockaddr = infos[0]
     return fam, sockaddr[:2] if fam == socket.AF_INET6 else sockaddr
 
@@ -75,7 +75,7 @@ class DatagramPort(Port):
         budget: datagrams handled back to back before yielding to the hub.
 
     Raises:
-        OpenTunFailed: unresolvable names, mixed address families, or the
+        EndpointUnavailable: unresolvable names, mixed address families, or the
             socket cannot be bound (address in use, permission).
     """
 
@@ -89,7 +89,7 @@ class DatagramPort(Port):
             lfam, laddr = resolve(local[0], local[1])
             families.add(lfam)
         if len(families) != 1:
-            raise OpenTunFailed(name, "remotes and local address mix IPv4 and IPv6")
+            raise EndpointUnavailable(name, "remotes and local address mix IPv4 and IPv6")
         self.family = families.pop()
         self.remotes = [addr for _, addr in resolved]
         if local is None:
@@ -120,7 +120,7 @@ class DatagramPort(Port):
             hint = f"cannot bind UDP {laddr[0]}:{laddr[1]}"
             if exc.errno == errno.EADDRINUSE:
                 hint += ": address in use (another tap-forward or a kernel vxlan device?)"
-            raise OpenTunFailed.from_errno(name, exc.errno, hint) from exc
+            raise EndpointUnavailable.from_errno(name, exc.errno, hint) from exc
         self.local = sock.getsockname()[:2]
         self._sock = sock
         self._read_watcher = self._hub.loop.io(sock.fileno(), 1)

@@ -34,7 +34,7 @@ def _missing():
         return "not running as root"
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing"
-    for tool in ("ip", "ping", "setpriv", "tcpdump", "iperf3", "ethtool"):
+    for tool in ("ip", "ping", "setpriv", "tcpdump", "tshark", "iperf3", "ethtool"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     return None

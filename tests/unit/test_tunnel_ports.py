@@ -8,7 +8,7 @@ import gevent
 import pytest
 
 from greentap import vxlan
-from greentap.errors import OpenTunFailed, TapClosed
+from greentap.errors import EndpointUnavailable, TapClosed
 from greentap.tunnel_ports import UdpPort, VxlanPort
 
 BCAST = b"\xff" * 6
@@ -204,13 +204,13 @@ def test_address_in_use_is_a_clear_error(closing):
     """Binding a port someone else holds says so."""
     holder = peer()
     closing(holder)
-    with pytest.raises(OpenTunFailed, match="address in use"):
+    with pytest.raises(EndpointUnavailable, match="address in use"):
         UdpPort("udp", ("127.0.0.1", 9), holder.getsockname())
 
 
 def test_mixed_families_are_refused():
     """IPv4 remotes with an IPv6 local address cannot work: refused up front."""
-    with pytest.raises(OpenTunFailed, match="mix IPv4 and IPv6"):
+    with pytest.raises(EndpointUnavailable, match="mix IPv4 and IPv6"):
         VxlanPort("vx", [("127.0.0.1", 4789)], 7, ("::1", 0))
 
 

@@ -1,0 +1,164 @@
+"""Seeing what flows: pcap files read by tcpdump and tshark, a live pcap stream,
+and Prometheus metrics over HTTP."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from greentap import pcap
+from tests.privileged.conftest import python_env
+from tests.privileged.topology import SCRIPT, TapForward, hosts
+
+PINGS = 10
+
+
+def ping(a, b, count=PINGS):
+    out = a.ping(b, count=count, interval="0.05")
+    assert " 0% packet loss" in out.stdout, out.stdout
+    return out
+
+
+def test_pcap_file_is_read_by_tcpdump_and_tshark(make_netns, tmp_path):
+    """N pings through `tap-forward A B pcap:FILE`: tcpdump counts at least 2N ICMP
+    frames, tshark agrees, timestamps never go back."""
+    a, b = hosts(make_netns, 2)
+    path = tmp_path / "switch.pcap"
+    tf = TapForward("--stats", "0", a.endpoint, b.endpoint, f"pcap:{path}", tmp_path=tmp_path)
+    try:
+        tf.wait_for("forwarding")
+        a.configure()
+        b.configure()
+        ping(a, b)
+        assert tf.terminate(timeout=5)[0] == 0  # flushes the capture
+    finally:
+        tf.stop()
+    dump = subprocess.run(
+        ["tcpdump", "-n", "-r", str(path), "icmp"], capture_output=True, text=True, check=True
+    )
+    icmp = [line for line in dump.stdout.splitlines() if "ICMP echo" in line]
+    assert len(icmp) >= 2 * PINGS
+    shark = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", "icmp", "-T", "fields", "-e", "frame.number"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert len(shark.stdout.split()) == len(icmp)
+    _, records = pcap.parse(path.read_bytes())
+    stamps = [ts for ts, _, _ in records]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] < 60_000_000
+
+
+def test_pcap_stream_feeds_tcpdump_live_and_its_exit_does_not_stop_forwarding(make_netns, tmp_path):
+    """`tap-forward A B pcap:- | tcpdump -r -` shows frames while running; when tcpdump
+    exits, the capture ends cleanly and forwarding goes on."""
+    a, b = hosts(make_netns, 2)
+    log = open(tmp_path / "tf.log", "w")  # noqa: SIM115 - closed below
+    tf = subprocess.Popen(
+        [sys.executable, SCRIPT, "--stats", "0", "--log-format", "json",
+         a.endpoint, b.endpoint, "pcap:-"],
+        stdout=subprocess.PIPE, stderr=log, env=python_env(),
+    )  # fmt: skip
+    dump = subprocess.Popen(
+        ["tcpdump", "-n", "-l", "-r", "-", "icmp"],
+        stdin=tf.stdout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    tf.stdout.close()  # tcpdump holds the read end now
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["ip", "-n", b.ns.name, "link", "show", b.tap],
+                             capture_output=True).returncode != 0:  # fmt: skip
+            assert time.monotonic() < deadline, "tap-forward did not start"
+            time.sleep(0.05)
+        a.configure()
+        b.configure()
+        ping(a, b, count=3)
+        line = dump.stdout.readline()  # arrives while tap-forward still runs
+        assert "ICMP echo" in line, line
+        assert tf.poll() is None
+        dump.send_signal(signal.SIGTERM)
+        dump.wait(timeout=5)
+        ping(a, b, count=5)  # the capture's reader is gone: forwarding is not
+        time.sleep(0.5)
+        assert tf.poll() is None
+        tf.send_signal(signal.SIGTERM)
+        assert tf.wait(timeout=5) == 0
+    finally:
+        for proc in (dump, tf):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.close()
+    events = [json.loads(x) for x in (tmp_path / "tf.log").read_text().splitlines()]
+    ended = [e for e in events if e["event"] == "capture_ended"]
+    assert len(ended) == 1 and "closed the pipe" in ended[0]["reason"]
+
+
+HTTP_GET = textwrap.dedent(
+    """
+    import sys, urllib.request
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+            print(r.status); print(r.read().decode())
+    except OSError as exc:
+        print("unreachable", exc)
+    """
+)
+
+
+def get(ns, url):
+    out = ns.exec(sys.executable, "-c", HTTP_GET, url, timeout=30).stdout
+    status, _, body = out.partition("\n")
+    return status, body
+
+
+def metric(body, name, **labels):
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    m = re.search(rf"^{name}\{{{re.escape(want)}\}} (\S+)$", body, re.M)
+    assert m, f"{name}{{{want}}} missing"
+    return float(m.group(1))
+
+
+def test_metrics_match_the_traffic_and_stay_on_loopback(make_netns, tmp_path):
+    """GET /metrics returns counters matching a ping; the default address is loopback
+    only, so a host on another network cannot reach it unless asked for."""
+    a, b = hosts(make_netns, 2)
+    f, c = make_netns(), make_netns()
+    uf, uc = "gtmf", "gtmc"
+    f.ip("link", "add", uf, "type", "veth", "peer", "name", uc, "netns", c.name)
+    f.ip("addr", "add", "198.18.8.1/24", "dev", uf)
+    c.ip("addr", "add", "198.18.8.2/24", "dev", uc)
+    f.ip("link", "set", uf, "up")
+    c.ip("link", "set", uc, "up")
+    tf = TapForward("--stats", "0", "--metrics", "9100", a.endpoint, b.endpoint,
+                    tmp_path=tmp_path, netns=f.name)  # fmt: skip
+    wide = None
+    try:
+        url = tf.wait_for("metrics_listening")["url"]
+        assert url == "http://127.0.0.1:9100/metrics"
+        a.configure()
+        b.configure()
+        ping(a, b)
+        status, body = get(f, url)
+        assert status == "200"
+        requests = metric(body, "greentap_rx_packets_total", endpoint=a.tap, kind="tap")
+        assert PINGS <= requests <= PINGS + 4  # the echo requests, and an ARP or two
+        assert metric(body, "greentap_tx_packets_total", endpoint=b.tap, kind="tap") == requests
+        assert metric(body, "greentap_tx_dropped_total", endpoint=b.tap, kind="tap",
+                      reason="backpressure") == 0  # fmt: skip
+        assert metric(body, "greentap_endpoint_up", endpoint=a.tap, kind="tap") == 1
+        assert "process_resident_memory_bytes" in body
+        status, _ = get(c, "http://198.18.8.1:9100/metrics")
+        assert status.startswith("unreachable")
+        wide = TapForward("--stats", "0", "--metrics", "198.18.8.1:9101",
+                          f"tap:{a.tap}x?netns={a.ns.name}", f"tap:{b.tap}x?netns={b.ns.name}",
+                          tmp_path=tmp_path, netns=f.name)  # fmt: skip
+        wide.wait_for("metrics_listening")
+        status, body = get(c, "http://198.18.8.1:9101/metrics")
+        assert status == "200" and "greentap_rx_packets_total" in body
+    finally:
+        tf.stop()
+        if wide is not None:
+            wide.stop()
