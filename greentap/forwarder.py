@@ -9,8 +9,10 @@ to the other.  With three or more it is a MAC learning switch
 take a frame drops it and counts it on that port.
 
 A port that fails (its interface deleted, an I/O error) is logged once,
-closed and taken out of the switch; the other ports keep forwarding.  Frames
-that would have gone to it are counted in its ``tx_errors``.  The forwarder
+closed and taken out of the switch; the other ports keep forwarding.  The
+error is counted once in its ``tx_errors`` (or as a read failure); in a
+wire, which has nowhere else to send, every later frame for it is counted
+there too.  The forwarder
 never stops by itself: whoever runs it decides (``stop()``, a signal).
 """
 
@@ -236,9 +238,7 @@ class Forwarder:
         mirrors = [m.send for m in self.mirrors]
         if isinstance(src, FramePort) and isinstance(dst, FramePort):
             # Both are fd devices: the tight relay (two syscalls per frame).
-            src.polled.relay_to(
-                dst.polled, lambda exc: self._send_failed(out, exc, count=False), mirrors
-            )
+            src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc), mirrors)
             return
         send = dst.send
         while True:
@@ -276,10 +276,12 @@ class Forwarder:
                 except TapError as exc:
                     self._send_failed(out, exc)
 
-    def _send_failed(self, index, exc, count=True):
-        if count:
+    def _send_failed(self, index, exc):
+        # A port counts the errors it sees; a frame for a port that is already
+        # closed (it failed) is counted here.
+        if isinstance(exc, TapClosed):
             self.ports[index].counters.tx_errors += 1
-        if not isinstance(exc, TapClosed):
+        else:
             self._port_failed(index, exc)
 
     def _port_failed(self, index, exc):

@@ -196,10 +196,10 @@ class PolledTap:
             if code == errno.EIO:
                 counters.tx_link_down += 1
                 return False
-            counters.tx_errors += 1
-            if self._fd < 0:
-                raise TapClosed(self.name) from exc
-            raise io_error(self.name, exc, "write") from exc
+            error = TapClosed(self.name) if self._fd < 0 else io_error(self.name, exc, "write")
+            if not isinstance(error, TapClosed):
+                counters.tx_errors += 1  # a closed device is counted by whoever sent to it
+            raise error from exc
         counters.tx_packets += 1
         counters.tx_bytes += size
         return True

@@ -153,9 +153,10 @@ class DatagramPort(Port):
                 self._hub.wait(self._read_watcher)
                 continue
             except OSError as exc:
-                if self._closed:
-                    raise TapClosed(self.name) from exc
-                # ICMP errors from earlier sends surface here: not the port's death.
+                if self._closed or exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    raise TapClosed(self.name, "socket was closed") from exc
+                # ICMP errors from earlier sends surface here (one per error):
+                # not the port's death.
                 self.drops[f"rx_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
                 continue
             if flags & socket.MSG_TRUNC:
@@ -166,6 +167,11 @@ class DatagramPort(Port):
     def _drop(self, reason):
         self.drops[reason] += 1
         self.counters.rx_errors += 1
+
+    def _accept(self, n):
+        self.counters.rx_packets += 1
+        self.counters.rx_bytes += n
+        return n
 
     def _sendmsg(self, buffers, size, addr):
         try:
@@ -219,9 +225,7 @@ class UdpPort(DatagramPort):
             if n < ETH_HLEN:
                 self._drop("rx_runt")
                 continue
-            self.counters.rx_packets += 1
-            self.counters.rx_bytes += n
-            return n
+            return self._accept(n)
 
     def send(self, frame):
         """Send one frame as one datagram; return False if it was dropped."""
@@ -286,9 +290,7 @@ class VxlanPort(DatagramPort):
             src = bytes(buffer[6:12])
             if not src[0] & 1 and len(self._all) > 1:
                 self._table.learn(src, remote, self._hub.loop.now())
-            self.counters.rx_packets += 1
-            self.counters.rx_bytes += n
-            return n
+            return self._accept(n)
 
     def send(self, frame):
         """Encapsulate and send one frame; return False if no remote got it."""

@@ -226,3 +226,18 @@ def test_needs_two_ports():
         Forwarder([port])
     port.close()
     b.close()
+
+
+def test_a_failed_send_is_counted_once(rig):
+    """A write error is counted once, on the destination; the switch then leaves the
+    failed port out, so later frames are neither sent to it nor counted against it."""
+    r = rig(3)
+    r.peers[0].send(frame(BCAST, A))
+    r.settle(lambda: r.ports[2].counters.tx_packets == 1)
+    r.peers[2].shutdown(socket.SHUT_RD)  # its writes now fail with EPIPE
+    for i in range(5):
+        r.peers[0].send(frame(BCAST, A, tag=i))
+    r.settle(lambda: r.ports[1].counters.tx_packets == 6)
+    r.settle(lambda: 2 in r.fwd.failed)
+    c = r.ports[2].counters
+    assert (c.tx_packets, c.tx_errors) == (1, 1)
