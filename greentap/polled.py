@@ -268,11 +268,14 @@ class PolledTap:
                             dropped += 1
                         elif code == errno.EIO:
                             link_down += 1
+                        elif code == errno.EINVAL:
+                            errors += 1  # this frame was refused; the next may pass
                         else:
-                            errors += 1
-                            if code != errno.EINVAL:
-                                out = -1
-                                on_send_error(io_error(dst.name, exc, "write"))
+                            out = -1  # the rest of this batch counts as errors below
+                            error = io_error(dst.name, exc, "write")
+                            if not isinstance(error, TapClosed):
+                                errors += 1  # TapClosed is counted by on_send_error
+                            on_send_error(error)
                         continue
                     tx += 1
                     tx_bytes += n

@@ -241,3 +241,18 @@ def test_a_failed_send_is_counted_once(rig):
     r.settle(lambda: 2 in r.fwd.failed)
     c = r.ports[2].counters
     assert (c.tx_packets, c.tx_errors) == (1, 1)
+
+
+def test_wire_counts_every_frame_for_a_failed_side_once(rig):
+    """In a wire, after one side fails, each frame for it counts once in its tx_errors."""
+    r = rig(2)
+    r.peers[0].send(frame(B, A))
+    r.settle(lambda: r.ports[1].counters.tx_packets == 1)
+    r.peers[1].shutdown(socket.SHUT_RD)  # its writes now fail with EPIPE
+    for i in range(10):
+        r.peers[0].send(frame(B, A, tag=i))
+    r.settle(lambda: r.ports[0].counters.rx_packets == 11)
+    r.settle(lambda: 1 in r.fwd.failed)
+    c = r.ports[1].counters
+    r.settle(lambda: c.tx_packets + c.tx_errors == 11)
+    assert (c.tx_packets, c.tx_errors) == (1, 10)
