@@ -235,7 +235,7 @@ class Forwarder:
     def _wire(self, index, recv_into, buf, view):
         out = 1 - index
         src, dst = self.ports[index], self.ports[out]
-        mirrors = [m.send for m in self.mirrors]
+        mirrors = self._mirror_sends()
         if isinstance(src, FramePort) and isinstance(dst, FramePort):
             # Both are fd devices: the tight relay (two syscalls per frame).
             src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc), mirrors)
@@ -259,7 +259,7 @@ class Forwarder:
         sends = [p.send for p in self.ports]
         header = self._header
         counters = self.ports[index].counters
-        mirrors = [m.send for m in self.mirrors]
+        mirrors = self._mirror_sends()
         while True:
             n = recv_into(buf)
             frame = view[:n]
@@ -275,6 +275,13 @@ class Forwarder:
                     pass
                 except TapError as exc:
                     self._send_failed(out, exc)
+
+    def _mirror_sends(self):
+        """The mirrors' send functions, given frames without the vnet header."""
+        header = self._header
+        if not header:
+            return [m.send for m in self.mirrors]
+        return [lambda frame, send=m.send: send(memoryview(frame)[header:]) for m in self.mirrors]
 
     def _send_failed(self, index, exc):
         # A port counts the errors it sees; a frame for a port that is already

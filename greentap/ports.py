@@ -93,14 +93,18 @@ class TapPort(FramePort):
         hub: the gevent hub.
         tap: an already-open :class:`~greentap.device.Tap` to use instead of
             opening ``name`` (``name`` and ``netns`` are then ignored).
+        offload: open with a virtio-net header and accept checksum and
+            segmentation offloads (:meth:`Tap.enable_offloads`): frames keep
+            their header and may be 64 KiB; only ports that all do the same
+            can be forwarded between.
 
     Raises:
         TapError: as :class:`~greentap.device.Tap` and its link settings.
     """
 
-    def __init__(self, name=None, *, netns=None, mtu=None, hub=None, tap=None):
+    def __init__(self, name=None, *, netns=None, mtu=None, hub=None, tap=None, offload=False):
         if tap is None:
-            tap = Tap(name, netns=netns)
+            tap = Tap(name, netns=netns, vnet_hdr=offload)
         self.tap = tap
         self.created = tap.created
         self._restore = None
@@ -109,6 +113,8 @@ class TapPort(FramePort):
                 self._restore = (tap.is_up, tap.mtu)
             if mtu is not None:
                 tap.mtu = mtu
+            if offload:
+                tap.enable_offloads()
             tap.up()
             polled = tap.polled(hub)
         except BaseException:
@@ -144,10 +150,11 @@ class TapPort(FramePort):
             "kind": self.kind,
             "created": self.created,
             "netns": self.tap.netns,
+            "offload": self.tap.offload,
         }
 
 
-def open_port(spec, *, mtu=None, hub=None, logger=None):
+def open_port(spec, *, mtu=None, hub=None, logger=None, offload=False):
     """Open the port an :class:`~greentap.endpoints.EndpointSpec` describes.
 
     Args:
@@ -155,6 +162,7 @@ def open_port(spec, *, mtu=None, hub=None, logger=None):
         mtu: MTU for TAP ports, or None.
         hub: the gevent hub.
         logger: a structlog logger for ports that log state changes (pcap).
+        offload: for TAP ports, see :class:`TapPort`.
 
     Returns:
         A :class:`Port`.
@@ -164,7 +172,9 @@ def open_port(spec, *, mtu=None, hub=None, logger=None):
         TapError: the device could not be opened or configured.
     """
     if spec.kind == "tap":
-        return TapPort(spec.name, netns=spec.options.get("netns"), mtu=mtu, hub=hub)
+        return TapPort(
+            spec.name, netns=spec.options.get("netns"), mtu=mtu, hub=hub, offload=offload
+        )
     if spec.kind in ("vxlan", "udp"):
         from greentap.tunnel_ports import open_tunnel  # it builds on this module's Port
 
