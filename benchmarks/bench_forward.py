@@ -6,6 +6,7 @@ Builds two throw-away network namespaces A and B (addresses from
 
 * ``veth``: a kernel veth pair (the ceiling);
 * ``tap-forward``: a TAP in each namespace, forwarded by tap-forward;
+* ``tf-offload``: the same with ``--offload auto`` (virtio-net headers, TSO);
 * ``socat``: a TAP in each namespace, forwarded by
   ``socat TUN,tun-type=tap TUN,tun-type=tap`` (socat's TUN address, tap type);
 * ``kernel-vxlan``: the kernel's vxlan on both sides of a veth underlay (the
@@ -35,6 +36,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A_IP, B_IP = "198.18.1.1", "198.18.1.2"
 FAR_MAC = "02:00:5e:00:99:99"  # not B's: B's kernel drops the frame right after the device
+# trafgen -P 1 runs on CPU 0; the forwarder under test (tap-forward or socat
+# alike) is pinned to the last CPU so the two never share a core.
+FORWARDER_CPU = ["taskset", "-c", str(max(os.cpu_count() - 1, 0))]
 TRAFGEN_CONF = """{
   eth(da=%s, sa=02:00:5e:00:00:01),
   ipv4(saddr=%s, daddr=%s, ttl=64),
@@ -80,6 +84,7 @@ class Topology:
     def tap_forward(self, ns, *endpoints, mtu=None):
         """Start tap-forward (inside namespace `ns`, or here if None)."""
         prefix = ["ip", "netns", "exec", ns] if ns else []
+        prefix += FORWARDER_CPU
         extra = ["--mtu", str(mtu)] if mtu else []
         self.start(
             [*prefix, sys.executable, os.path.join(REPO, "scripts", "tap-forward"),
@@ -129,10 +134,10 @@ def case_veth(topo):
     return a, da, b, db, None
 
 
-def case_tap_forward(topo):
+def case_tap_forward(topo, offload="off"):
     a, b = topo.ns("a"), topo.ns("b")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(None, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}")
+    topo.tap_forward(None, "--offload", offload, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}")
     wait_for_link(a, da)
     wait_for_link(b, db)
     return a, da, b, db, None
@@ -144,7 +149,7 @@ def case_socat(topo):
     a, b = topo.ns("a"), topo.ns("b")
     da, db = f"s{topo.tag}a", f"s{topo.tag}b"
     topo.start(
-        ["ip", "netns", "exec", a, "socat",
+        ["ip", "netns", "exec", a, *FORWARDER_CPU, "socat",
          f"TUN,tun-type=tap,tun-name={da},iff-no-pi,iff-up",
          f"TUN,tun-type=tap,tun-name={db},iff-no-pi,iff-up"],
         stderr=subprocess.DEVNULL,
@@ -196,6 +201,7 @@ def case_tap_forward_vxlan(topo):
 CASES = {
     "veth": case_veth,
     "tap-forward": case_tap_forward,
+    "tf-offload": lambda topo: case_tap_forward(topo, offload="auto"),
     "socat": case_socat,
     "kernel-vxlan": case_kernel_vxlan,
     "kvxlan+tf": case_kernel_vxlan_tap_forward,
@@ -205,6 +211,8 @@ CASES = {
 RATIOS = [
     ("tap-forward", "socat"),
     ("tap-forward", "veth"),
+    ("tf-offload", "socat"),
+    ("tf-offload", "veth"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
 ]

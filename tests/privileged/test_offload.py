@@ -89,7 +89,7 @@ def test_offload_is_off_with_a_tunnel_and_refused_when_forced(make_netns, tmp_pa
     """auto turns offloads off when an endpoint cannot carry them; 'on' is then a usage error."""
     (a,) = hosts(make_netns, 1)
     vxlan = "vxlan://127.0.0.1:47890?vni=5&local=127.0.0.1:47891"
-    tf = TapForward("--stats", "0", a.endpoint, vxlan, tmp_path=tmp_path)
+    tf = TapForward("--stats", "0", "--offload", "auto", a.endpoint, vxlan, tmp_path=tmp_path)
     try:
         assert tf.wait_for("endpoint_opened", endpoint=a.tap)["offload"] == 0
     finally:
