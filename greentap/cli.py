@@ -17,6 +17,7 @@ from greentap.endpoints import SYNTAX, parse_endpoint, parse_hostport
 from greentap.errors import (
     EndpointSyntaxError,
     EndpointUnavailable,
+    PrivilegeDropFailed,
     SetTapAttributes,
     TapError,
     TapNameError,
@@ -28,7 +29,7 @@ PROG = "tap-forward"
 EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or --demo succeeded
 EXIT_INTERNAL = 1  # a bug: please report it
 EXIT_USAGE = 2  # bad arguments: syntax, names, fewer than two endpoints
-EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN)
+EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN), or --user failed
 EXIT_BUSY = 4  # device busy or conflicting with an existing one
 EXIT_SYSTEM = 5  # anything else the system refused (no /dev/net/tun, ...)
 
@@ -39,6 +40,9 @@ endpoints:
                          otherwise (brought up, removed on exit). NAME may be
                          a template such as tap%d.
   tap:NAME?netns=NS      the same, inside network namespace NS (ip netns name)
+  fd:N                   an inherited /dev/net/tun fd already attached to a TAP,
+                         e.g. received from a privileged helper (SCM_RIGHTS):
+                         then tap-forward itself needs no CAP_NET_ADMIN
   vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...][&local=ADDR:PORT]
                          a VXLAN tunnel (RFC 7348, UDP port 4789 by default) to
                          one or more remote VTEPs: the Linux kernel's vxlan,
@@ -61,11 +65,13 @@ examples:
   {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev
   {PROG} tap0 tap1 pcap:- | tcpdump -n -r -    watch the traffic live
   {PROG} --metrics 9100 tap0 tap1 'pcap:/var/tmp/sw.pcap?rotate=100M&keep=5'
+  {PROG} --user nobody tap0 tap1        open as root, then forward as nobody
 
 exit status:
   0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
   2 usage: bad syntax, bad name, fewer than two endpoints
-  3 not permitted (needs CAP_NET_ADMIN)   4 device busy or conflicting
+  3 not permitted (needs CAP_NET_ADMIN), or --user could not be applied
+  4 device busy or conflicting
   5 other system error (e.g. /dev/net/tun missing)
 """
 
@@ -120,6 +126,16 @@ def build_parser():
         type=_listen_address,
         metavar="[ADDR:]PORT",
         help="serve Prometheus metrics over HTTP (address default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--user",
+        metavar="USER",
+        help="once the endpoints are open, drop root to USER (fails closed)",
+    )
+    p.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="with --user: the group to run as (default: USER's primary group)",
     )
     p.add_argument(
         "--max-macs",
@@ -210,6 +226,8 @@ def exit_status(exc):
     """Map an error to the documented exit status."""
     if isinstance(exc, (TapNameError, EndpointSyntaxError)):
         return EXIT_USAGE
+    if isinstance(exc, PrivilegeDropFailed):
+        return EXIT_PERMISSION
     if getattr(exc, "errno", None) in (errno.EPERM, errno.EACCES):
         return EXIT_PERMISSION
     if isinstance(exc, SetTapAttributes):
@@ -283,6 +301,18 @@ def run(args):
                 None, exc.errno, f"cannot serve --metrics on {where}"
             ) from exc
         log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
+    if args.user is not None:
+        from greentap.privileges import drop_privileges
+
+        try:
+            uid, gid = drop_privileges(args.user, args.group)
+        except BaseException:
+            forwarder.stop()  # fail closed: nothing is forwarded with root kept
+            raise
+        log.info("privileges_dropped", user=args.user, uid=uid, gid=gid)
+    elif args.group is not None:
+        forwarder.stop()
+        raise EndpointSyntaxError(None, "--group needs --user")
     report = log_stats(log)
     if args.stats:
         forwarder.every(args.stats, report)

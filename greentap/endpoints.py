@@ -17,13 +17,14 @@ OPTIONS = {
     "vxlan": {"vni", "remote", "local"},
     "udp": {"local"},
     "pcap": {"snaplen", "rotate", "keep"},
+    "fd": set(),
 }
 #: Options that may be given more than once.
 REPEATABLE = {"remote"}
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
     "[&local=ADDR:PORT], udp://REMOTE:PORT[?local=ADDR:PORT] or "
-    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N]"
+    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N] or fd:N"
 )
 _SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -33,7 +34,7 @@ class EndpointSpec:
     """What an endpoint description asks for.
 
     Attributes:
-        kind: ``"tap"``, ``"vxlan"``, ``"udp"`` or ``"pcap"``.
+        kind: ``"tap"``, ``"vxlan"``, ``"udp"``, ``"pcap"`` or ``"fd"``.
         name: the interface name (or template); for tunnels the description.
         options: for a TAP the ``?key=value`` options as str; for a tunnel
             ``remotes`` (a list of ``(host, port)``), ``local`` (``(host,
@@ -171,7 +172,9 @@ def parse_endpoint(text):
         text: ``NAME`` or ``tap:NAME`` (optionally ``?netns=NS``),
             ``vxlan://REMOTE[:PORT]?vni=N[&remote=...][&local=ADDR:PORT]`` or
             ``udp://REMOTE:PORT[?local=ADDR:PORT]``,
-            ``pcap:PATH`` or ``pcap:-`` (``?snaplen=N&rotate=SIZE&keep=N``).
+            ``pcap:PATH`` or ``pcap:-`` (``?snaplen=N&rotate=SIZE&keep=N``),
+            or ``fd:N``: an inherited ``/dev/net/tun`` fd already attached
+            to a TAP (from a privileged helper).
 
     Returns:
         An :class:`EndpointSpec`.
@@ -186,6 +189,11 @@ def parse_endpoint(text):
             return _parse_tunnel(kind, text)
     if text.startswith("pcap:"):
         return _parse_pcap(text)
+    if text.startswith("fd:"):
+        number = text[3:]
+        if not number.isdigit():
+            raise EndpointSyntaxError(None, f"{text!r}: expected fd:N with N a file descriptor")
+        return EndpointSpec("fd", number, {"fd": int(number)}, text)
     rest = text
     kind = "tap"
     scheme, sep, after = text.partition(":")

@@ -136,6 +136,10 @@ class NamespaceUnavailable(TapError, OSError):
     """A network namespace could not be entered."""
 
 
+class PrivilegeDropFailed(TapError, OSError):
+    """Dropping root (``--user``/``--group``) failed or could not be verified."""
+
+
 class UnsupportedArchitecture(TapError):
     """greentap does not know this architecture's ioctl encoding."""
 

@@ -183,6 +183,17 @@ def open_port(spec, *, mtu=None, hub=None, logger=None, offload=False):
         from greentap.pcap_port import open_pcap
 
         return open_pcap(spec, logger=logger)
+    if spec.kind == "fd":
+        # Already attached by whoever opened it; no link settings: the link is
+        # the helper's to configure, and this process may lack the privilege.
+        tap = Tap.from_fd(spec.options["fd"])
+        if tap.mode != "tap" or tap.vnet_hdr_size or tap.header_size:
+            tap.close()
+            raise EndpointSyntaxError(
+                None,
+                f"{spec.text}: a plain TAP fd is needed (no tun mode, vnet header or packet info)",
+            )
+        return FramePort(tap.polled(hub))
     raise EndpointSyntaxError(None, f"cannot open endpoint of kind {spec.kind!r}")
 
 

@@ -1,0 +1,105 @@
+"""Least privilege: forwarding as an unprivileged user, and with TAP fds passed by a helper."""
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import greentap
+from greentap import cli
+from greentap.privileges import read_status
+from tests.privileged.conftest import python_env
+from tests.privileged.topology import TapForward, hosts
+
+
+def test_user_drops_root_after_opening_and_keeps_forwarding(make_netns, tmp_path):
+    """--user nobody: the running process has uid/gid 65534, no groups, no capabilities,
+    and still forwards; SIGTERM still exits 0 and removes the TAPs it created."""
+    a, b = hosts(make_netns, 2)
+    tf = TapForward("--stats", "0", "--user", "nobody", "--group", "nogroup",
+                    a.endpoint, b.endpoint, tmp_path=tmp_path)  # fmt: skip
+    try:
+        dropped = tf.wait_for("privileges_dropped")
+        assert (dropped["uid"], dropped["gid"]) == (65534, 65534)
+        status = read_status(f"/proc/{tf.proc.pid}/status")
+        assert status["Uid"] == ["65534"] * 4 and status["Gid"] == ["65534"] * 4
+        assert status["Groups"] == [] and int(status["CapEff"][0], 16) == 0
+        a.configure()
+        b.configure()
+        out = a.ping(b, count=3)
+        assert " 0% packet loss" in out.stdout, out.stdout
+        assert tf.terminate(timeout=2)[0] == 0
+    finally:
+        tf.stop()
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+def test_unknown_user_fails_closed(make_netns, tmp_path):
+    """--user with a user that does not exist: one line, exit 3, nothing left behind."""
+    a, b = hosts(make_netns, 2)
+    tf = TapForward("--user", "no-such-user-gt", a.endpoint, b.endpoint, tmp_path=tmp_path)
+    try:
+        assert tf.proc.wait(timeout=20) == cli.EXIT_PERMISSION
+        lines = tf.log_path.read_text().strip().splitlines()
+        assert "no such user" in lines[-1] and "Traceback" not in tf.log_path.read_text()
+        assert not any('"forwarding"' in x and "privileges_dropped" in x for x in lines)
+    finally:
+        tf.stop()
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+CHILD = textwrap.dedent(
+    """
+    import socket, sys
+    from greentap.cli import main
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    _, fds, _, _ = socket.recv_fds(sock, 16, 2)
+    sock.close()
+    print("received", *fds, flush=True)
+    sys.exit(main(["--stats", "0", "--log-format", "json"] + [f"fd:{fd}" for fd in fds]))
+    """
+)
+
+
+def test_fds_from_a_privileged_helper_need_no_privilege(make_netns, tmp_path):
+    """A helper opens two TAPs and sends their fds over a UNIX socket (SCM_RIGHTS) to a
+    tap-forward without any capability, which forwards between them as fd:N endpoints."""
+    a, b = hosts(make_netns, 2)
+    taps = [greentap.Tap(h.tap, netns=h.ns.name) for h in (a, b)]
+    helper, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    log = open(tmp_path / "child.log", "w")  # noqa: SIM115 - closed below
+    child = subprocess.Popen(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+         sys.executable, "-c", CHILD, str(child_end.fileno())],
+        pass_fds=(child_end.fileno(),), stdout=subprocess.PIPE, stderr=log, text=True,
+        env=python_env(),
+    )  # fmt: skip
+    child_end.close()
+    try:
+        for tap in taps:
+            tap.up()  # configuring the link is the helper's job
+        socket.send_fds(helper, [b"taps"], [t.fileno() for t in taps])
+        for tap in taps:
+            tap.close()  # the child holds the only copies now
+        assert child.stdout.readline().startswith("received")
+        status = read_status(f"/proc/{child.pid}/status")
+        assert int(status["CapEff"][0], 16) == 0
+        a.configure()
+        b.configure()
+        deadline = time.monotonic() + 10
+        while True:  # the child may still be starting its forwarder
+            out = a.ping(b, count=2)
+            if " 0% packet loss" in out.stdout or time.monotonic() > deadline:
+                break
+        assert " 0% packet loss" in out.stdout, out.stdout
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=5) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        helper.close()
+        log.close()
+    assert a.ns.link(a.tap) is None  # the last fd closed with the child: the TAP is gone
