@@ -50,11 +50,11 @@ endpoints:
                          give the TAPs an MTU of the path's minus 50 (--mtu).
   udp://REMOTE:PORT[?local=ADDR:PORT]
                          raw frames, one per datagram (QEMU's -netdev dgram)
+                         IPv6 addresses go in brackets: udp://[::1]:5555
   pcap:PATH[?snaplen=N&rotate=SIZE&keep=N] | pcap:-
                          write-only: every frame forwarded, as a pcap file
                          (rotated at SIZE such as 100M, keeping N files) or
                          a pcap stream on stdout (logs stay on stderr)
-                         IPv6 addresses go in brackets: udp://[::1]:5555
 
 examples:
   {PROG} --demo                 see it work: two namespaces, a ping across
@@ -270,49 +270,56 @@ def log_stats(log, clock=time.monotonic):
     return report
 
 
+def serve_metrics(forwarder, address, log):
+    """Serve the forwarder's Prometheus metrics on ``address``.
+
+    Raises:
+        EndpointUnavailable: the address cannot be bound.
+    """
+    from greentap.metrics import make_wsgi_app
+
+    try:
+        host, port = forwarder.serve_wsgi(make_wsgi_app(forwarder), address)
+    except OSError as exc:
+        where = "{}:{}".format(*address)
+        raise EndpointUnavailable.from_errno(
+            None, exc.errno, f"cannot serve --metrics on {where}"
+        ) from exc
+    log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
+
+
 def run(args):
     """Open the endpoints and forward until a signal; return the exit status."""
     from greentap.forwarder import Forwarder
     from greentap.ports import open_ports
 
+    if args.group is not None and args.user is None:
+        raise EndpointSyntaxError(None, "--group needs --user")
     log = structlog.get_logger(PROG)
     specs = [parse_endpoint(text) for text in args.endpoints]
     carriers = {spec.kind for spec in specs if spec.kind != "pcap"}
     if args.offload == "on" and carriers != {"tap"}:
         raise EndpointSyntaxError(
             None, "--offload on needs every forwarding endpoint to be a TAP "
-            "(VXLAN and UDP carry plain frames)",
+            "(fd:, VXLAN and UDP endpoints carry plain frames)",
         )  # fmt: skip
     offload = args.offload == "on" or (args.offload == "auto" and carriers == {"tap"})
     ports = open_ports(specs, mtu=args.mtu, logger=log, offload=offload)
     for port in ports:
         log.info("endpoint_opened", **port.describe())
     forwarder = Forwarder(ports, aging=args.aging, max_entries=args.max_macs, logger=log)
-    forwarder.handle_signals()
-    if args.metrics:
-        from greentap.metrics import make_wsgi_app
+    try:
+        forwarder.handle_signals()
+        if args.metrics:
+            serve_metrics(forwarder, args.metrics, log)
+        if args.user is not None:
+            from greentap.privileges import drop_privileges
 
-        try:
-            host, port = forwarder.serve_wsgi(make_wsgi_app(forwarder), args.metrics)
-        except OSError as exc:
-            forwarder.stop()
-            where = "{}:{}".format(*args.metrics)
-            raise EndpointUnavailable.from_errno(
-                None, exc.errno, f"cannot serve --metrics on {where}"
-            ) from exc
-        log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
-    if args.user is not None:
-        from greentap.privileges import drop_privileges
-
-        try:
             uid, gid = drop_privileges(args.user, args.group)
-        except BaseException:
-            forwarder.stop()  # fail closed: nothing is forwarded with root kept
-            raise
-        log.info("privileges_dropped", user=args.user, uid=uid, gid=gid)
-    elif args.group is not None:
-        forwarder.stop()
-        raise EndpointSyntaxError(None, "--group needs --user")
+            log.info("privileges_dropped", user=args.user, uid=uid, gid=gid)
+    except BaseException:
+        forwarder.stop()  # fail closed: close everything opened, forward nothing
+        raise
     report = log_stats(log)
     if args.stats:
         forwarder.every(args.stats, report)

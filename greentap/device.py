@@ -332,14 +332,13 @@ class Tap:
             base | kc.TUN_F_TSO_ECN,
             base,
         )
-        for flags in candidates[:-1]:
+        for flags in candidates:
             try:
                 self.set_offload(flags)
                 return flags
-            except SetTapAttributes:
-                continue
-        self.set_offload(candidates[-1])
-        return candidates[-1]
+            except SetTapAttributes as exc:
+                refused = exc
+        raise refused
 
     # --- link settings (on the control socket) -----------------------------
     def _link_ioctl(self, request, arg, what):

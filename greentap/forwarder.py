@@ -12,8 +12,8 @@ A port that fails (its interface deleted, an I/O error) is logged once,
 closed and taken out of the switch; the other ports keep forwarding.  The
 error is counted once in its ``tx_errors`` (or as a read failure); in a
 wire, which has nowhere else to send, every later frame for it is counted
-there too.  The forwarder
-never stops by itself: whoever runs it decides (``stop()``, a signal).
+there too.  The forwarder never stops by itself: whoever runs it decides
+(``stop()``, a signal).
 """
 
 import signal
@@ -23,6 +23,8 @@ import gevent.event
 import structlog
 
 from greentap.errors import FrameRejected, TapClosed, TapError
+from greentap.ethernet import format_mac
+from greentap.kernel_constants import ETH_HLEN
 from greentap.ports import FramePort
 from greentap.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
 
@@ -212,27 +214,23 @@ class Forwarder:
             return []
         now = self._hub.loop.now()
         return [
-            (":".join(f"{b:02x}" for b in mac), self.ports[port].name, age)
+            (format_mac(mac), self.ports[port].name, age)
             for mac, port, age in self.switch.table.entries(now)
         ]
 
     # --- the per-port loops -----------------------------------------------
     def _pump(self, index):
-        port = self.ports[index]
-        buf = bytearray(port.max_frame_size)
-        view = memoryview(buf)
-        recv_into = port.recv_into
         try:
             if self.switch is None:
-                self._wire(index, recv_into, buf, view)
+                self._wire(index)
             else:
-                self._switch(index, recv_into, buf, view)
+                self._switch(index)
         except TapClosed:
             return  # stop() or a failure closed the port
         except TapError as exc:
             self._port_failed(index, exc)
 
-    def _wire(self, index, recv_into, buf, view):
+    def _wire(self, index):
         out = 1 - index
         src, dst = self.ports[index], self.ports[out]
         mirrors = self._mirror_sends()
@@ -240,6 +238,7 @@ class Forwarder:
             # Both are fd devices: the tight relay (two syscalls per frame).
             src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc), mirrors)
             return
+        recv_into, buf, view = self._reader(src)
         send = dst.send
         while True:
             n = recv_into(buf)
@@ -253,7 +252,8 @@ class Forwarder:
             except TapError as exc:
                 self._send_failed(out, exc)
 
-    def _switch(self, index, recv_into, buf, view):
+    def _switch(self, index):
+        recv_into, buf, view = self._reader(self.ports[index])
         decide = self.switch.decide
         now = self._hub.loop.now
         sends = [p.send for p in self.ports]
@@ -266,7 +266,7 @@ class Forwarder:
             for mirror in mirrors:
                 mirror(frame)
             egress = decide(index, view[header:n], now())
-            if not egress and n - header < 14:
+            if not egress and n - header < ETH_HLEN:
                 counters.rx_errors += 1
             for out in egress:
                 try:
@@ -275,6 +275,12 @@ class Forwarder:
                     pass
                 except TapError as exc:
                     self._send_failed(out, exc)
+
+    @staticmethod
+    def _reader(port):
+        """The port's recv_into and a reused buffer (with a view) sized for it."""
+        buf = bytearray(port.max_frame_size)
+        return port.recv_into, buf, memoryview(buf)
 
     def _mirror_sends(self):
         """The mirrors' send functions, given frames without the vnet header."""

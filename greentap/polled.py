@@ -249,9 +249,7 @@ class PolledTap:
                         break
                     n = len(frame)
                     if not n:
-                        raise TapVanished(
-                            self.name, "end of file: the other side of the fd is gone"
-                        )
+                        raise TapVanished(self.name, _EOF)
                     rx += 1
                     rx_bytes += n
                     if mirrors:

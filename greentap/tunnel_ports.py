@@ -24,6 +24,7 @@ from gevent import get_hub
 from greentap import vxlan
 from greentap.counters import DeviceCounters
 from greentap.errors import EndpointUnavailable, TapClosed, TapError
+from greentap.ethernet import format_mac
 from greentap.kernel_constants import ETH_HLEN
 from greentap.polled import DEFAULT_BUDGET
 from greentap.ports import Port
@@ -259,6 +260,7 @@ class VxlanPort(DatagramPort):
         self._table = MacTable(aging=aging, max_entries=max_entries)
         self._hdr_buf = bytearray(vxlan.HEADER_SIZE)
         self._all = tuple(range(len(self.remotes)))
+        self._learn = len(self.remotes) > 1  # with one remote there is nothing to learn
 
     def describe(self):
         """Return a dict describing the port for logs."""
@@ -286,18 +288,16 @@ class VxlanPort(DatagramPort):
             if reason is not None:
                 self._drop(f"rx_{reason}")
                 continue
-            n -= size
-            src = bytes(buffer[6:12])
-            if not src[0] & 1 and len(self._all) > 1:
-                self._table.learn(src, remote, self._hub.loop.now())
-            return self._accept(n)
+            if self._learn and not buffer[6] & 1:
+                self._table.learn(bytes(buffer[6:12]), remote, self._hub.loop.now())
+            return self._accept(n - size)
 
     def send(self, frame):
         """Encapsulate and send one frame; return False if no remote got it."""
         if self._closed:
             raise TapClosed(self.name)
         targets = self._all
-        if len(targets) > 1 and not frame[0] & 1:
+        if self._learn and not frame[0] & 1:
             remote = self._table.lookup(bytes(frame[:6]), self._hub.loop.now())
             if remote is not None:
                 targets = (remote,)
@@ -312,7 +312,7 @@ class VxlanPort(DatagramPort):
         """Return ``[(mac, remote "host:port", age)]`` learned on this tunnel."""
         now = self._hub.loop.now()
         return [
-            (":".join(f"{b:02x}" for b in mac), "{}:{}".format(*self.remotes[r]), age)
+            (format_mac(mac), "{}:{}".format(*self.remotes[r]), age)
             for mac, r, age in self._table.entries(now)
         ]
 
