@@ -55,6 +55,10 @@ endpoints:
                          write-only: every frame forwarded, as a pcap file
                          (rotated at SIZE such as 100M, keeping N files) or
                          a pcap stream on stdout (logs stay on stderr)
+  ...?rate=PPS[&burst=N] on any endpoint but pcap (&rate= after other options):
+                         police what it receives: frames beyond PPS a second
+                         (bursts of N, default PPS/10) are dropped and counted
+                         as rx_rate_limited
 
 examples:
   {PROG} --demo                 see it work: two namespaces, a ping across
@@ -66,6 +70,12 @@ examples:
   {PROG} tap0 tap1 pcap:- | tcpdump -n -r -    watch the traffic live
   {PROG} --metrics 9100 tap0 tap1 'pcap:/var/tmp/sw.pcap?rotate=100M&keep=5'
   {PROG} --user nobody tap0 tap1        open as root, then forward as nobody
+  {PROG} 'tap0?rate=20000' tap1 tap2    a switch; at most 20,000 frames/s from tap0
+
+signals:
+  SIGINT, SIGTERM  stop: flush captures, log final counters, exit 0
+  SIGHUP           reopen: a new pcap file where the old one was moved away
+                   (log rotation), look at every endpoint now; keeps forwarding
 
 exit status:
   0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
@@ -195,31 +205,49 @@ def _listen_address(text):
 def configure_logging(fmt=None, level="info", stream=None):
     """Configure structlog for the command line: one event per line on ``stream``.
 
+    Warnings are rate-limited per event and endpoint (at most 5 a minute; the
+    next one says how many were held back), and a log stream that breaks (its
+    reader went away) never stops the forwarder.  JSON lines carry
+    ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` and ``logger``, for a
+    log shipper.
+
     Args:
         fmt: ``"console"`` or ``"json"``; None picks console on a terminal.
         level: the least severe level logged.
         stream: where logs go (default stderr, keeping stdout for data).
+
+    Returns:
+        The :class:`~greentap.logs.SafeStream` the lines go to.
     """
     import logging
 
-    stream = stream if stream is not None else sys.stderr
+    from greentap.logs import RateLimitWarnings, SafeStream
+
+    stream = SafeStream(stream if stream is not None else sys.stderr)
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
+    if fmt == "json":
+        tail = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            RateLimitWarnings(),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            _add_logger_name,
+            *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    return stream
+
+
+def _add_logger_name(logger, method_name, event_dict):
+    event_dict.setdefault("logger", PROG)
+    return event_dict
 
 
 def exit_status(exc):

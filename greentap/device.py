@@ -23,6 +23,7 @@ from greentap.errors import (
     OpenTunFailed,
     SetTapAttributes,
     TapClosed,
+    TapVanished,
     io_error,
 )
 from greentap.ethernet import format_mac, parse_mac
@@ -101,7 +102,7 @@ class Tap:
         with entered(netns, name):
             ctl = _control_socket(name)
             try:
-                existed = b"%" not in raw and _exists(ctl, raw)
+                existed = b"%" not in raw and interface_exists(ctl, raw)
                 fd = _open_tun(name)
                 try:
                     out = _ioctl(fd, ioc.TUNSETIFF, ifreq.pack_flags(raw, flags))
@@ -340,6 +341,55 @@ class Tap:
                 refused = exc
         raise refused
 
+    def attached(self):
+        """True while the fd is still attached to a device (``TUNGETIFF`` works).
+
+        False once the interface was deleted, wherever it lived.
+        """
+        try:
+            _ioctl(self._fd, self._ioc.TUNGETIFF, ifreq.pack_flags(b"", 0))
+        except OSError:
+            return False
+        return True
+
+    def exists(self):
+        """True if an interface of this device's name exists in its namespace.
+
+        Asked on the control socket, so it works after a privilege drop and
+        for a device in another namespace.
+        """
+        return self._ctl is not None and interface_exists(self._ctl, self._raw_name())
+
+    def reattach(self):
+        """Attach this fd again to a device of the same name, after the interface
+        was deleted and re-created (a persistent TAP brought back by its owner).
+
+        The fd opened at first is reused: it keeps its namespace and needs no
+        new open of ``/dev/net/tun``, so this works after dropping root when
+        the device is owned by this user (``TUNSETOWNER``).  Never creates a
+        device.
+
+        Raises:
+            TapVanished: there is no such interface (nothing was attached).
+            OpenTunFailed, SetTapAttributes: the kernel refused (not the
+                owner, busy, another type of device).
+        """
+        if not self.exists():
+            raise TapVanished(self.name, "no interface of this name to attach to")
+        raw = self._raw_name()
+        try:
+            _ioctl(self._fd, self._ioc.TUNSETIFF, ifreq.pack_flags(raw, self.flags))
+        except OSError as exc:
+            raise _setiff_error(self.name, exc, self.flags, True) from exc
+        if not self.persistent:
+            # It vanished again in between, and TUNSETIFF made a new device:
+            # not ours to keep.  Closing this fd deletes it.
+            self.close()
+            raise TapVanished(self.name, "deleted again while re-attaching")
+        self.created = False
+        if self._vnet_hdr_size:
+            self.set_vnet_hdr_size(self._vnet_hdr_size)
+
     # --- link settings (on the control socket) -----------------------------
     def _link_ioctl(self, request, arg, what):
         if self._ctl is None:
@@ -525,7 +575,8 @@ def _control_socket(name):
         raise OpenTunFailed.from_errno(name, exc.errno, "cannot open a control socket") from exc
 
 
-def _exists(ctl, raw):
+def interface_exists(ctl, raw):
+    """True if interface ``raw`` (bytes) exists in the namespace of socket ``ctl``."""
     try:
         _ioctl(ctl.fileno(), kc.SIOCGIFINDEX, ifreq.pack_int(raw))
     except OSError:

@@ -12,19 +12,21 @@ from greentap.errors import EndpointSyntaxError
 from greentap.names import encode_ifname
 
 #: Options each endpoint kind accepts in its ``?key=value`` part.
+_POLICING = {"rate", "burst"}  # an ingress rate limit, on every port that reads
 OPTIONS = {
-    "tap": {"netns"},
-    "vxlan": {"vni", "remote", "local"},
-    "udp": {"local"},
+    "tap": {"netns"} | _POLICING,
+    "vxlan": {"vni", "remote", "local"} | _POLICING,
+    "udp": {"local"} | _POLICING,
     "pcap": {"snaplen", "rotate", "keep"},
-    "fd": set(),
+    "fd": set(_POLICING),
 }
 #: Options that may be given more than once.
 REPEATABLE = {"remote"}
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
     "[&local=ADDR:PORT], udp://REMOTE:PORT[?local=ADDR:PORT] or "
-    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N] or fd:N"
+    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N] or fd:N; "
+    "any but pcap also takes [&]rate=PPS[&burst=N]"
 )
 _SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -36,7 +38,9 @@ class EndpointSpec:
     Attributes:
         kind: ``"tap"``, ``"vxlan"``, ``"udp"``, ``"pcap"`` or ``"fd"``.
         name: the interface name (or template); for tunnels the description.
-        options: for a TAP the ``?key=value`` options as str; for a tunnel
+        options: ``rate`` (frames/s, float) and ``burst`` (frames) when an
+            ingress rate limit is asked for; for a TAP the other
+            ``?key=value`` options as str; for a tunnel
             ``remotes`` (a list of ``(host, port)``), ``local`` (``(host,
             port)``, optional) and, for VXLAN, ``vni`` (int); for pcap
             ``snaplen``, ``rotate`` (bytes) and ``keep`` when given.
@@ -102,6 +106,25 @@ def _parse_query(kind, query, text):
             options[key] = value
     if query and not options:
         raise EndpointSyntaxError(None, f"cannot parse options {query!r} in {text!r}")
+    return _parse_policing(options, text)
+
+
+def _parse_policing(options, text):
+    """Turn ``rate`` and ``burst`` into numbers, in place; return ``options``."""
+    for key, low in (("rate", 0.0), ("burst", 1.0)):
+        if key not in options:
+            continue
+        value = options[key]
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number >= low or number == float("inf") or (key == "rate" and number == 0):
+            what = "frames per second > 0" if key == "rate" else "a number of frames >= 1"
+            raise EndpointSyntaxError(None, f"{key} {value!r} in {text!r}: expected {what}")
+        options[key] = number
+    if "burst" in options and "rate" not in options:
+        raise EndpointSyntaxError(None, f"burst= needs rate= in {text!r}")
     return options
 
 
@@ -116,6 +139,8 @@ def _parse_tunnel(kind, text):
     remotes = [parse_hostport(parts.netloc, default_port, what="remote")]
     remotes += [parse_hostport(r, default_port, what="remote") for r in options.pop("remote", [])]
     parsed = {"remotes": remotes}
+    for key in _POLICING & options.keys():
+        parsed[key] = options.pop(key)
     if "local" in options:
         parsed["local"] = parse_hostport(options.pop("local"), default_port, what="local address")
     if kind == "vxlan":
@@ -174,7 +199,8 @@ def parse_endpoint(text):
             ``udp://REMOTE:PORT[?local=ADDR:PORT]``,
             ``pcap:PATH`` or ``pcap:-`` (``?snaplen=N&rotate=SIZE&keep=N``),
             or ``fd:N``: an inherited ``/dev/net/tun`` fd already attached
-            to a TAP (from a privileged helper).
+            to a TAP (from a privileged helper).  Every kind but pcap also
+            takes ``rate=PPS`` and ``burst=N``: an ingress rate limit.
 
     Returns:
         An :class:`EndpointSpec`.
@@ -190,10 +216,12 @@ def parse_endpoint(text):
     if text.startswith("pcap:"):
         return _parse_pcap(text)
     if text.startswith("fd:"):
-        number = text[3:]
+        number, _, query = text[3:].partition("?")
         if not number.isdigit():
             raise EndpointSyntaxError(None, f"{text!r}: expected fd:N with N a file descriptor")
-        return EndpointSpec("fd", number, {"fd": int(number)}, text)
+        return EndpointSpec(
+            "fd", number, {**_parse_query("fd", query, text), "fd": int(number)}, text
+        )
     rest = text
     kind = "tap"
     scheme, sep, after = text.partition(":")

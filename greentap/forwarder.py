@@ -12,10 +12,15 @@ A port that fails (its interface deleted, an I/O error) is logged once,
 closed and taken out of the switch; the other ports keep forwarding.  The
 error is counted once in its ``tx_errors`` (or as a read failure); in a
 wire, which has nowhere else to send, every later frame for it is counted
-there too.  The forwarder never stops by itself: whoever runs it decides
-(``stop()``, a signal).
+there too.  A TAP that vanished is put back when a device of its name exists
+again (see :class:`~greentap.ports.TapPort`).  A monitor greenlet checks
+every port about once a second, and ports report state changes (a link
+down or up, a peer unreachable, a full disk) through their ``notify``,
+which logs each change once.  The forwarder never stops by itself: whoever
+runs it decides (``stop()``, a signal).
 """
 
+import functools
 import signal
 
 import gevent
@@ -39,6 +44,8 @@ class Forwarder:
         max_entries: bound of the MAC table (switch mode).
         logger: a structlog logger (default: ``structlog.get_logger("greentap")``).
         hub: the gevent hub (default: the current one).
+        monitor_interval: seconds between two looks at every port's state
+            (link up/down, moved, vanished and back); 0 turns it off.
 
     Raises:
         ValueError: fewer than two ports, or ports with different header sizes.
@@ -52,6 +59,7 @@ class Forwarder:
         max_entries=DEFAULT_MAX_ENTRIES,
         logger=None,
         hub=None,
+        monitor_interval=1.0,
     ):
         ports = list(ports)
         data = [p for p in ports if p.readable]
@@ -74,6 +82,9 @@ class Forwarder:
         self._hub = hub if hub is not None else gevent.get_hub()
         self.log = logger if logger is not None else structlog.get_logger("greentap")
         self.failed = {}  # port index -> error text
+        self.monitor_interval = monitor_interval
+        for port in self.ports:
+            port.notify = functools.partial(self._port_event, port)
         self._greenlets = []
         self._helpers = []
         self._signals = []
@@ -89,14 +100,20 @@ class Forwarder:
         self._started = True
         for index, port in enumerate(self.ports):
             if port.readable:
-                g = gevent.spawn(self._pump, index)
-                g.name = f"greentap-{port.name}"
-                self._greenlets.append(g)
+                self._spawn_pump(index)
+        if self.monitor_interval:
+            self._helpers.append(gevent.spawn(self._monitor))
         self.log.info(
             "forwarding",
             mode=self.mode,
             endpoints=[p.name for p in self.ports],
         )
+
+    def _spawn_pump(self, index):
+        g = gevent.spawn(self._pump, index)
+        g.name = f"greentap-{self.ports[index].name}"
+        self._greenlets = [other for other in self._greenlets if not other.dead]
+        self._greenlets.append(g)
 
     def request_stop(self, *_):
         """Ask :meth:`serve_forever` to stop; safe to call from a signal handler."""
@@ -139,14 +156,53 @@ class Forwarder:
         finally:
             self.stop()
 
-    def handle_signals(self, signals=(signal.SIGINT, signal.SIGTERM)):
-        """Make these signals request a graceful stop (main thread only)."""
+    def handle_signals(self, signals=(signal.SIGINT, signal.SIGTERM), reopen=(signal.SIGHUP,)):
+        """Handle signals on the hub (main thread only).
+
+        Args:
+            signals: request a graceful stop.
+            reopen: run :meth:`reopen` (what daemons do on SIGHUP); forwarding
+                goes on.
+        """
         for signum in signals:
             self._signals.append(gevent.signal_handler(signum, self._on_signal, signum))
+        for signum in reopen:
+            self._signals.append(gevent.signal_handler(signum, self._on_reopen_signal, signum))
 
     def _on_signal(self, signum):
         self.log.info("signal_received", signal=signal.Signals(signum).name)
         self.request_stop()
+
+    def _on_reopen_signal(self, signum):
+        self.log.info("signal_received", signal=signal.Signals(signum).name, action="reopen")
+        # Not in the signal callback itself: reopening may log and wait.
+        self._helpers = [g for g in self._helpers if not g.dead]
+        self._helpers.append(gevent.spawn(self.reopen))
+
+    def reopen(self):
+        """Reopen capture files moved away (log rotation) and look at every port now.
+
+        A vanished TAP that exists again is put back at once rather than at
+        the next monitor tick.
+        """
+        if self._stopped:
+            return
+        for port in self.ports:
+            port.reopen()
+        self.check_ports()
+        self.log.info("reopened", failed=[self.ports[i].name for i in sorted(self.failed)])
+
+    def check_ports(self):
+        """Look at every port's state once (see ``monitor_interval``)."""
+        for index, port in enumerate(self.ports):
+            if self._stopped:
+                return
+            if port.check():
+                self._port_recovered(index)
+
+    def _monitor(self):
+        while not self._stop_requested.wait(self.monitor_interval):
+            self.check_ports()
 
     def every(self, interval, callback):
         """Call ``callback(self)`` every ``interval`` seconds until stopped."""
@@ -234,7 +290,8 @@ class Forwarder:
         out = 1 - index
         src, dst = self.ports[index], self.ports[out]
         mirrors = self._mirror_sends()
-        if isinstance(src, FramePort) and isinstance(dst, FramePort):
+        admit = self._admission(src)
+        if admit is None and isinstance(src, FramePort) and isinstance(dst, FramePort):
             # Both are fd devices: the tight relay (two syscalls per frame).
             src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc), mirrors)
             return
@@ -242,6 +299,8 @@ class Forwarder:
         send = dst.send
         while True:
             n = recv_into(buf)
+            if admit is not None and not admit():
+                continue
             frame = view[:n]
             for mirror in mirrors:
                 mirror(frame)
@@ -260,8 +319,11 @@ class Forwarder:
         header = self._header
         counters = self.ports[index].counters
         mirrors = self._mirror_sends()
+        admit = self._admission(self.ports[index])
         while True:
             n = recv_into(buf)
+            if admit is not None and not admit():
+                continue
             frame = view[:n]
             for mirror in mirrors:
                 mirror(frame)
@@ -281,6 +343,20 @@ class Forwarder:
         """The port's recv_into and a reused buffer (with a view) sized for it."""
         buf = bytearray(port.max_frame_size)
         return port.recv_into, buf, memoryview(buf)
+
+    def _admission(self, port):
+        """None, or a function saying whether the frame just read passes the port's policer."""
+        if port.policer is None:
+            return None
+        take, now, drops = port.policer.take, self._hub.loop.now, port.drops
+
+        def admit():
+            if take(now()):
+                return True
+            drops["rx_rate_limited"] += 1
+            return False
+
+        return admit
 
     def _mirror_sends(self):
         """The mirrors' send functions, given frames without the vnet header."""
@@ -308,8 +384,22 @@ class Forwarder:
             kind=port.kind,
             error=str(exc),
             error_type=type(exc).__name__,
+            waiting_for_it=port.recoverable,
         )
         if self.switch is not None:
             self.switch.remove_port(index)
-        # Closing wakes the port's own reader (if this came from a send).
-        gevent.spawn(port.close)
+        # Releasing wakes the port's own reader (if this came from a send).
+        gevent.spawn(port.fail)
+
+    def _port_recovered(self, index):
+        port = self.ports[index]
+        if self._stopped or self.failed.pop(index, None) is None:
+            return
+        if self.switch is not None:
+            self.switch.add_port(index)
+        if port.readable:
+            self._spawn_pump(index)
+        self.log.info("endpoint_recovered", **port.describe())
+
+    def _port_event(self, port, event, level="warning", **fields):
+        getattr(self.log, level)(event, endpoint=port.name, kind=port.kind, **fields)

@@ -12,6 +12,7 @@ Metrics, all labelled ``endpoint`` and ``kind``::
     greentap_rx_packets_total, greentap_rx_bytes_total
     greentap_tx_packets_total, greentap_tx_bytes_total
     greentap_rx_dropped_total{reason=...}   unusable input (wrong_vni, unknown_sender, ...)
+                                            or policed (rate_limited)
     greentap_tx_dropped_total{reason=...}   backpressure, link_down, error, too_big, ...
     greentap_endpoint_up                    0 once an endpoint has failed
 
@@ -38,8 +39,10 @@ def drop_reasons(port):
     drops = port.get("drops") or {}
     rx = {k[3:]: v for k, v in drops.items() if k.startswith("rx_")}
     tx = {k[3:]: v for k, v in drops.items() if k.startswith("tx_")}
-    if not rx and port["rx_errors"]:
-        rx = {"invalid": port["rx_errors"]}
+    # Policed frames are not errors; every other named rx reason is counted in rx_errors.
+    unexplained = port["rx_errors"] - sum(v for k, v in rx.items() if k != "rate_limited")
+    if unexplained > 0:
+        rx["invalid"] = unexplained
     if not tx:
         tx = {
             "backpressure": port["tx_dropped"],

@@ -7,8 +7,11 @@ block the hub).  When the backlog reaches its bound, frames for the capture
 are dropped and counted (``tx_backlog``); forwarding is unaffected.  A pipe
 whose reader went away (tcpdump exited) ends the capture cleanly: it is
 logged once and the forwarder carries on.  A full disk drops what could not
-be written (``tx_disk``) and truncates the file back to its last whole
-record.  Rotation by size keeps at most ``keep`` files, each no larger than
+be written (``tx_ENOSPC``) and truncates the file back to its last whole
+record; the capture goes on when there is room again, and both changes are
+logged once (``capture_write_failed``, ``capture_resumed``).  :meth:`reopen`
+(SIGHUP) starts a new file at the same path when the old one was moved away,
+as log rotation tools expect.  Rotation by size keeps at most ``keep`` files, each no larger than
 ``rotate`` bytes, each a valid pcap file.  :meth:`PcapPort.close` flushes
 and waits for the writer, so the file is complete after SIGTERM/SIGINT.
 """
@@ -32,6 +35,7 @@ FLUSH_INTERVAL = 0.2  # seconds: a quiet capture still reaches the file promptly
 BACKLOG_LIMIT = 16 * 1024 * 1024  # bytes buffered before frames are dropped
 
 _ROTATE = object()
+_REOPEN = object()
 _STOP = object()
 
 
@@ -84,7 +88,10 @@ class PcapPort(Port):
         self._hub_drops = collections.Counter()  # touched by the hub only
         self._writer_drops = collections.Counter()  # touched by the writer thread only
         self.max_frame_size = 0
-        self.log = logger
+        if logger is not None:
+            self.notify = lambda event, level="warning", **fields: getattr(logger, level)(
+                event, endpoint=self.name, **fields
+            )
         self._header = header
         self._limit = backlog_limit
         self._fd = 1 if path == "-" else self._open(path)
@@ -95,6 +102,9 @@ class PcapPort(Port):
         self._written = 0  # written by the writer thread only
         self._ended = None  # why the capture ended (set by the writer thread)
         self._reported = None
+        self._failing = None  # the errno name while writes fail (set by the writer thread)
+        self._failing_reported = None
+        self._ino = None if path == "-" else os.fstat(self._fd).st_ino  # the writer's file
         self._closed = False
         self._queue = _queue.SimpleQueue()
         self._done = _thread.allocate_lock()
@@ -151,9 +161,9 @@ class PcapPort(Port):
             self._buf.clear()
             self._buf_records = 0
 
-    def _rotate(self):
+    def _rotate(self, how=_ROTATE):
         self._flush()
-        self._queue.put(_ROTATE)
+        self._queue.put(how)
         self._buf += self._header
         self._queued += len(self._header)
         self._file_size = len(self._header)
@@ -165,9 +175,35 @@ class PcapPort(Port):
             self._report()
 
     def _report(self):
-        if self._ended != self._reported and self.log is not None:
+        failing = self._failing
+        if failing != self._failing_reported:
+            self._failing_reported = failing
+            if failing is None:
+                self.notify("capture_resumed", level="info", dropped=dict(self._writer_drops))
+            else:
+                hint = "frames for the capture are dropped and counted until it can grow again"
+                self.notify("capture_write_failed", error=failing, hint=hint)
+        if self._ended != self._reported:
             self._reported = self._ended
-            self.log.warning("capture_ended", endpoint=self.name, reason=self._ended)
+            self.notify("capture_ended", reason=self._ended)
+
+    def reopen(self):
+        """Start a new file at :attr:`path` if the current one was moved away.
+
+        With ``rotate``, rotate now instead.  A file still in place is kept
+        (reopening it would truncate it); ``pcap:-`` has nothing to reopen.
+        """
+        if self._closed or self._ended is not None or self.path == "-":
+            return
+        if self.rotate is not None:
+            self._rotate()
+            return
+        try:
+            still_there = os.stat(self.path).st_ino == self._ino
+        except OSError:
+            still_there = False
+        if not still_there:
+            self._rotate(_REOPEN)
 
     def close(self, timeout=5.0):
         """Flush everything and wait (up to ``timeout``) for the writer; idempotent."""
@@ -193,9 +229,9 @@ class PcapPort(Port):
                 item = self._queue.get()
                 if item is _STOP:
                     break
-                if item is _ROTATE:
+                if item is _ROTATE or item is _REOPEN:
                     if self._ended is None:
-                        fd = self._rotate_files(fd)
+                        fd = self._rotate_files(fd, shift=item is _ROTATE)
                         size = 0
                     continue
                 chunk, records = item
@@ -203,10 +239,12 @@ class PcapPort(Port):
                     if self._ended is None:  # once over, let the hub's data go
                         _write_all(fd, chunk)
                         size += len(chunk)
+                        self._failing = None
                 except OSError as exc:
                     if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                         self._ended = "the reader closed the pipe"
                     else:
+                        self._failing = errno.errorcode.get(exc.errno, str(exc.errno))
                         # ENOSPC and friends: drop the chunk, cut back to the last
                         # whole record so the file stays valid.
                         self._writer_drops[f"tx_{errno.errorcode.get(exc.errno, exc.errno)}"] += (
@@ -221,18 +259,24 @@ class PcapPort(Port):
                 finally:
                     self._written += len(chunk)
         finally:
-            if fd != 1:
+            if fd >= 0 and self.path != "-":
                 os.close(fd)
             self._done.release()
 
-    def _rotate_files(self, fd):
+    def _rotate_files(self, fd, shift=True):
         os.close(fd)
         path = self.path
-        for n in range(self.keep - 1, 0, -1):
+        for n in range(self.keep - 1, 0, -1) if shift else ():
             older = f"{path}.{n - 1}" if n > 1 else path
             if os.path.exists(older):
                 os.replace(older, f"{path}.{n}")
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # e.g. no longer allowed after --user
+            self._ended = f"cannot open a new {path}: {exc.strerror}"
+            return -1
+        self._ino = os.fstat(fd).st_ino
+        return fd
 
 
 def _write_all(fd, data):

@@ -313,6 +313,31 @@ class PolledTap:
             return
         self._release("device was closed", self._tap.close)
 
+    def reattach(self, tap):
+        """Drive a new device in place of the one closed, keeping this object and its counters.
+
+        For an interface that vanished and came back: whoever holds this
+        PolledTap (a relay writing to it) carries on with the new device.
+
+        Args:
+            tap: the new :class:`~greentap.device.Tap`, with the same frame
+                layout (mode, vnet header); this PolledTap takes it over.
+
+        Raises:
+            ValueError: this PolledTap is still open, or the layouts differ.
+        """
+        if self._fd >= 0:
+            raise ValueError(f"{self.name}: reattach needs a closed PolledTap")
+        if tap.max_frame_size != self.max_frame_size or tap.min_frame_size != self._min_frame:
+            raise ValueError(f"{tap.name}: frame layout differs from the device it replaces")
+        fd = tap.fileno()
+        self._read_watcher = self._hub.loop.io(fd, 1)
+        os.set_blocking(fd, False)
+        self._tap = tap
+        self.name = tap.name
+        self._batch = 0
+        self._fd = fd
+
     def into_inner(self):
         """Detach from the hub and give back the blocking :class:`~greentap.device.Tap`.
 

@@ -164,6 +164,13 @@ class LearningSwitch:
         self._rebuild()
         self.table.forget_port(port)
 
+    def add_port(self, port):
+        """Send to ``port`` again (it came back)."""
+        if not 0 <= port < self._nports:
+            raise ValueError(f"no port {port} in a switch of {self._nports}")
+        self._active.add(port)
+        self._rebuild()
+
     def decide(self, ingress, frame, now):
         """Learn from a frame's source and return the ports it must go out of.
 

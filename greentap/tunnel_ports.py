@@ -7,6 +7,11 @@ to the hub after a batch.  Sends never wait: ``EAGAIN``, ``ENOBUFS``,
 path (``EMSGSIZE``: path-MTU discovery is set to "do", so the kernel refuses
 instead of fragmenting) drop the frame and count it by reason.
 
+A remote that becomes unreachable (no route, the underlay down) is reported
+once through the port's ``notify`` (``peer_unreachable``), and once again
+when a send to it succeeds (``peer_reachable``); sends go on being tried, so
+the tunnel heals by itself.
+
 Only datagrams from configured remotes are accepted: for VXLAN any source
 port of a remote's address (the Linux kernel picks VXLAN source ports from a
 range), for raw UDP the exact address and port.  Everything else is dropped
@@ -126,6 +131,7 @@ class DatagramPort(Port):
         self._sock = sock
         self._read_watcher = self._hub.loop.io(sock.fileno(), 1)
         self._closed = False
+        self._unreachable = {}  # remote address -> why, while sends to it fail
 
     def describe(self):
         """Return a dict describing the port for logs."""
@@ -133,7 +139,7 @@ class DatagramPort(Port):
             "endpoint": self.name,
             "kind": self.kind,
             "local": f"{self.local[0]}:{self.local[1]}",
-            "remotes": [f"{h}:{p}" for h, p in self.remotes],
+            "remotes": [_format_addr(a) for a in self.remotes],
         }
 
     def _receive(self, buffers):
@@ -186,9 +192,15 @@ class DatagramPort(Port):
                 self.counters.tx_dropped += 1
             else:
                 self.counters.tx_errors += 1
+                if reason == "unreachable" and addr not in self._unreachable:
+                    self._unreachable[addr] = exc.strerror
+                    self.notify("peer_unreachable", remote=_format_addr(addr), error=exc.strerror)
             return False
         self.counters.tx_packets += 1
         self.counters.tx_bytes += size
+        if self._unreachable and addr in self._unreachable:
+            del self._unreachable[addr]
+            self.notify("peer_reachable", level="info", remote=_format_addr(addr))
         return True
 
     def close(self):
@@ -312,9 +324,14 @@ class VxlanPort(DatagramPort):
         """Return ``[(mac, remote "host:port", age)]`` learned on this tunnel."""
         now = self._hub.loop.now()
         return [
-            (format_mac(mac), "{}:{}".format(*self.remotes[r]), age)
+            (format_mac(mac), _format_addr(self.remotes[r]), age)
             for mac, r, age in self._table.entries(now)
         ]
+
+
+def _format_addr(addr):
+    host, port = addr[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def open_tunnel(spec, *, hub=None):

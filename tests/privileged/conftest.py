@@ -150,6 +150,24 @@ def open_tap(netns):
         tap.close()
 
 
+@pytest.fixture
+def forwarders(tmp_path):
+    """Start `tap-forward` processes (see :class:`topology.TapForward`); all are
+    killed after the test if still running."""
+    from tests.privileged.topology import TapForward  # it imports this module
+
+    started = []
+
+    def start(*args, netns=None):
+        tf = TapForward(*args, tmp_path=tmp_path, netns=netns)
+        started.append(tf)
+        return tf
+
+    yield start
+    for tf in started:
+        tf.stop()
+
+
 def python_env():
     """Environment for a child Python that must import the greentap under test."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}

@@ -10,7 +10,7 @@ import time
 import greentap
 from greentap import cli
 from greentap.privileges import read_status
-from tests.privileged.conftest import python_env
+from tests.privileged.conftest import capless_python, python_env, unique
 from tests.privileged.topology import TapForward, hosts
 
 
@@ -103,3 +103,49 @@ def test_fds_from_a_privileged_helper_need_no_privilege(make_netns, tmp_path):
         helper.close()
         log.close()
     assert a.ns.link(a.tap) is None  # the last fd closed with the child: the TAP is gone
+
+
+def test_a_tap_owned_by_a_user_is_attached_by_that_user_without_privilege(netns):
+    """A persistent TAP made with owner=<uid> (TUNSETOWNER) is attached later by a
+    process of that uid holding no capability at all; for another owner the same
+    process is refused with a message saying what is missing."""
+    mine, theirs = unique(), unique()
+    for name, owner in ((mine, 0), (theirs, "nobody")):
+        greentap.Tap(name, netns=netns.name, persist=True, owner=owner).close()
+    code = textwrap.dedent(
+        f"""
+        import greentap
+        tap = greentap.Tap({mine!r})
+        print("attached", tap.name, tap.created, tap.persistent)
+        try:
+            greentap.Tap({theirs!r})
+        except greentap.OpenTunFailed as exc:
+            print("refused", exc)
+        """
+    )
+    out = capless_python(netns, code)
+    assert out.returncode == 0, out.stderr
+    assert f"attached {mine} False True" in out.stdout
+    assert f"refused {theirs}: Operation not permitted" in out.stdout
+    assert "owner/group must match" in out.stdout
+
+
+def test_as_nobody_a_persistent_tap_it_owns_is_reattached_when_recreated(make_netns, forwarders):
+    """tap-forward --user nobody, attached to a persistent TAP owned by nobody: the TAP
+    is deleted and re-created (owner nobody, up): it is re-attached without root."""
+    a = hosts(make_netns, 1)[0]
+    f = make_netns()
+    b_tap, b_ip = unique("gh"), "198.18.0.2"
+    f.ip("tuntap", "add", "dev", b_tap, "mode", "tap", "user", "nobody")
+    tf = forwarders("--stats", "0", "--user", "nobody", a.endpoint, f"tap:{b_tap}", netns=f.name)
+    tf.wait_for("privileges_dropped")
+    f.ip("link", "del", b_tap)
+    tf.wait_for("endpoint_failed", endpoint=b_tap)
+    f.ip("tuntap", "add", "dev", b_tap, "mode", "tap", "user", "nobody")
+    f.ip("link", "set", b_tap, "up")
+    tf.wait_for("endpoint_recovered", endpoint=b_tap)
+    a.configure()
+    f.ip("addr", "add", f"{b_ip}/24", "dev", b_tap)
+    ping = a.ns.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", b_ip, check=False, timeout=30)
+    assert " 0% packet loss" in ping.stdout, ping.stdout
+    assert tf.terminate(timeout=2)[0] == 0

@@ -13,21 +13,7 @@ from greentap import cli
 from greentap.forwarder import Forwarder
 from greentap.ports import TapPort
 from tests.privileged.conftest import capless_python, python_env, unique
-from tests.privileged.topology import SCRIPT, TapForward, gevent_wait, hosts, iperf3
-
-
-@pytest.fixture
-def forwarders(tmp_path):
-    started = []
-
-    def start(*args):
-        tf = TapForward(*args, tmp_path=tmp_path)
-        started.append(tf)
-        return tf
-
-    yield start
-    for tf in started:
-        tf.stop()
+from tests.privileged.topology import SCRIPT, gevent_wait, hosts, iperf3
 
 
 def test_two_namespaces_joined_by_tap_forward(make_netns, forwarders):

@@ -9,21 +9,9 @@ import textwrap
 import pytest
 
 from tests import frames
-from tests.privileged.conftest import unique
-from tests.privileged.topology import Host, TapForward, iperf3
+from tests.privileged.topology import Host, TapForward, iperf3, underlay
 
 VNI = 42
-
-
-def underlay(ns1, ns2, ip1, ip2):
-    """Join two namespaces with a veth pair on 198.18.x.0/24; return the device names."""
-    d1, d2 = unique("u"), unique("u")
-    ns1.ip("link", "add", d1, "type", "veth", "peer", "name", d2, "netns", ns2.name)
-    ns1.ip("addr", "add", f"{ip1}/24", "dev", d1)
-    ns2.ip("addr", "add", f"{ip2}/24", "dev", d2)
-    ns1.ip("link", "set", d1, "up")
-    ns2.ip("link", "set", d2, "up")
-    return d1, d2
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import gevent
 
 from tests.privileged.conftest import python_env, unique
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "tap-forward")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+SCRIPT = os.path.join(ROOT, "scripts", "tap-forward")
+BLAST = os.path.join(ROOT, "benchmarks", "blast.py")
 
 
 class Host:
@@ -30,6 +32,27 @@ class Host:
         return self.ns.exec(
             "ping", "-c", str(count), "-i", interval, "-W", "2", other.ip, check=False, timeout=30
         )
+
+
+def underlay(ns1, ns2, ip1, ip2):
+    """Join two namespaces with a veth pair on 198.18.x.0/24; return the device names."""
+    d1, d2 = unique("u"), unique("u")
+    ns1.ip("link", "add", d1, "type", "veth", "peer", "name", d2, "netns", ns2.name)
+    ns1.ip("addr", "add", f"{ip1}/24", "dev", d1)
+    ns2.ip("addr", "add", f"{ip2}/24", "dev", d2)
+    ns1.ip("link", "set", d1, "up")
+    ns2.ip("link", "set", d2, "up")
+    return d1, d2
+
+
+def blast(ns, dev, count, *args, seconds=30):
+    """Send ``count`` raw frames out of ``dev`` in ``ns`` (benchmarks/blast.py); wait
+    for it and return its report ``{"sent", "dropped", "seconds"}``."""
+    out = ns.exec(
+        sys.executable, BLAST, dev, "--count", str(count), "--seconds", str(seconds), *args,
+        timeout=seconds + 30,
+    )  # fmt: skip
+    return json.loads(out.stdout)
 
 
 def hosts(make_netns, n):
@@ -112,6 +135,28 @@ class TapForward:
         raise AssertionError(
             f"no {event!r} event (exit {self.proc.poll()}); log:\n{self.log_path.read_text()}"
         )
+
+    def count(self, event, **match):
+        """How many times ``event`` (with these fields) was logged so far."""
+        return sum(
+            1
+            for e in self.events()
+            if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+        )
+
+    def rss_kib(self):
+        """The process's resident set size in KiB (VmRSS)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    def final_stats(self, timeout=2.0):
+        """SIGTERM, check the exit status is 0, return the last stats line per endpoint."""
+        status, _ = self.terminate(timeout=timeout)
+        assert status == 0, self.log_path.read_text()
+        return {e["endpoint"]: e for e in self.events() if e["event"] == "stats"}
 
     def terminate(self, timeout=1.0):
         """SIGTERM; return (exit status, seconds it took)."""

@@ -26,6 +26,14 @@ def test_tap_scheme_with_namespace():
         ("tap:x?mtu=9000", "unknown option 'mtu'"),
         ("tap:x?netns=a&netns=b", "given twice"),
         ("tap:x?garbage", "unknown option 'garbage'"),
+        ("tap:x?rate=0", "expected frames per second > 0"),
+        ("tap:x?rate=-5", "expected frames per second > 0"),
+        ("tap:x?rate=fast", "expected frames per second > 0"),
+        ("tap:x?rate=inf", "expected frames per second > 0"),
+        ("tap:x?rate=10&burst=0.5", "expected a number of frames >= 1"),
+        ("tap:x?burst=10", "burst= needs rate="),
+        ("pcap:/tmp/x?rate=10", "unknown option 'rate'"),
+        ("fd:3?netns=x", "unknown option 'netns'"),
     ],
 )
 def test_bad_syntax_is_explained(text, match):
@@ -38,3 +46,20 @@ def test_bad_name_is_refused_at_parse_time():
     """Names are validated before anything is opened."""
     with pytest.raises(TapNameTooLong):
         parse_endpoint("tap:" + "x" * 16)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate", "burst"),
+    [
+        ("tap0?rate=1000", 1000.0, None),
+        ("tap:tap0?netns=blue&rate=2.5&burst=4", 2.5, 4.0),
+        ("vxlan://198.18.0.9?vni=7&rate=100", 100.0, None),
+        ("udp://127.0.0.1:5555?rate=50&burst=50", 50.0, 50.0),
+        ("fd:5?rate=10", 10.0, None),
+    ],
+)
+def test_every_carrying_endpoint_takes_a_rate_limit(text, rate, burst):
+    """?rate=PPS[&burst=N] parses to numbers on TAP, tunnel and fd endpoints."""
+    spec = parse_endpoint(text)
+    assert spec.options["rate"] == rate
+    assert spec.options.get("burst") == burst

@@ -10,6 +10,7 @@ import structlog.testing
 from greentap.device import Tap
 from greentap.forwarder import Forwarder
 from greentap.ports import FramePort
+from greentap.ratelimit import TokenBucket
 
 A, B, C = (bytes.fromhex(f"02000000000{i}") for i in (1, 2, 3))
 BCAST = b"\xff" * 6
@@ -256,3 +257,28 @@ def test_wire_counts_every_frame_for_a_failed_side_once(rig):
     c = r.ports[1].counters
     r.settle(lambda: c.tx_packets + c.tx_errors == 11)
     assert (c.tx_packets, c.tx_errors) == (1, 10)
+
+
+@pytest.mark.parametrize("nports", [2, 3])
+def test_a_rate_limited_port_passes_its_burst_and_counts_the_rest(rig, nports):
+    """?rate= polices what a port reads: beyond the burst, frames are dropped and
+    counted as rx_rate_limited (wire and switch alike); read = passed + policed."""
+    r = rig(nports)
+    # Set before the pumps first run (they have not: nothing has yielded yet).
+    r.ports[0].policer = TokenBucket(0.001, burst=10)
+    for i in range(50):
+        r.peers[0].send(frame(BCAST, A, tag=i))
+    r.settle(lambda: r.ports[0].counters.rx_packets == 50)
+    r.settle(lambda: len(r.drain(1)) == 0 and r.ports[1].counters.tx_packets == 10)
+    assert r.ports[0].drops["rx_rate_limited"] == 40
+    stats = r.fwd.stats()["ports"][0]
+    assert stats["drops"] == {"rx_rate_limited": 40} and stats["rx_errors"] == 0
+
+
+def test_port_state_changes_are_logged_with_the_port_named(rig):
+    """What a port reports through notify is logged once, naming the endpoint."""
+    r = rig(2)
+    r.ports[1].notify("link_down", previous="up")
+    r.ports[1].notify("link_up", level="info", previous="down")
+    events = [(e["event"], e["log_level"], e["endpoint"]) for e in r.logs if "previous" in e]
+    assert events == [("link_down", "warning", "p1"), ("link_up", "info", "p1")]

@@ -110,6 +110,17 @@ def test_removed_port_gets_no_more_frames():
     assert sw.decide(0, frame(C, A), 0.2) == (1,)  # C is unknown again: flood to the living
 
 
+def test_a_port_added_back_is_flooded_to_again():
+    """A port that came back (a re-attached TAP) rejoins the floods."""
+    sw = LearningSwitch(3)
+    sw.remove_port(2)
+    assert sw.decide(0, frame(BCAST, A), 0.0) == (1,)
+    sw.add_port(2)
+    assert sw.decide(0, frame(BCAST, A), 0.1) == (1, 2)
+    with pytest.raises(ValueError):
+        sw.add_port(3)
+
+
 def test_decide_accepts_memoryviews():
     """The forwarder passes memoryview slices of its read buffer."""
     sw = LearningSwitch(3)
