@@ -42,10 +42,12 @@ FORWARDER_CPU = ["taskset", "-c", str(max(os.cpu_count() - 1, 0))]
 TRAFGEN_CONF = """{
   eth(da=%s, sa=02:00:5e:00:00:01),
   ipv4(saddr=%s, daddr=%s, ttl=64),
-  udp(sp=4000, dp=9),
-  fill(0x00, 18)
+  udp(sp=%s, dp=9),
+  fill(0x00, 64)
 }
 """
+ONE_FLOW = "4000"
+EIGHT_FLOWS = "dinc(4000, 4007, 1)"  # eight UDP flows: the kernel spreads them over queues
 
 
 def sh(*argv, check=True, timeout=60):
@@ -305,7 +307,7 @@ def main(argv=None):
     if unknown:
         sys.exit(f"bench_forward: unknown case(s) {', '.join(sorted(unknown))}")
     with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
-        f.write(TRAFGEN_CONF % (FAR_MAC, A_IP, B_IP))
+        f.write(TRAFGEN_CONF % (FAR_MAC, A_IP, B_IP, ONE_FLOW))
         conf = f.name
     results = {}
     try:

@@ -33,6 +33,14 @@ from greentap.kernel_constants import ETH_HLEN
 from greentap.ports import FramePort
 from greentap.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
 
+#: Default ``keep_warm`` tick (seconds): 1 ms kept ping RTT at 0.05 ms here,
+#: 2 ms at 0.07 ms, 5 ms at 0.11 ms; without it 0.17 ms.
+DEFAULT_KEEP_WARM = 0.001
+#: Seconds after the last frame during which the hub is kept warm.
+KEEP_WARM_LINGER = 5.0
+_KEEP_WARM_TICKS = 100  # ticks between two looks at the counters
+_IDLE_CHECK = 0.05  # seconds between looks at the counters while idle
+
 
 class Forwarder:
     """Forward Ethernet frames between ports on the gevent hub.
@@ -46,6 +54,12 @@ class Forwarder:
         hub: the gevent hub (default: the current one).
         monitor_interval: seconds between two looks at every port's state
             (link up/down, moved, vanished and back); 0 turns it off.
+        keep_warm: while frames flow (and for ``KEEP_WARM_LINGER`` seconds
+            after), wake the hub every this many seconds, so that the CPU
+            does not sink into deep idle between frames: a frame arriving
+            then is forwarded in about a third of the time (ping RTT 0.05
+            instead of 0.17 ms here).  Costs a little CPU only while traffic
+            flows; None or 0 turns it off.
 
     Raises:
         ValueError: fewer than two ports, or ports with different header sizes.
@@ -60,6 +74,7 @@ class Forwarder:
         logger=None,
         hub=None,
         monitor_interval=1.0,
+        keep_warm=DEFAULT_KEEP_WARM,
     ):
         ports = list(ports)
         data = [p for p in ports if p.readable]
@@ -83,6 +98,7 @@ class Forwarder:
         self.log = logger if logger is not None else structlog.get_logger("greentap")
         self.failed = {}  # port index -> error text
         self.monitor_interval = monitor_interval
+        self.keep_warm = keep_warm
         for port in self.ports:
             port.notify = functools.partial(self._port_event, port)
         self._greenlets = []
@@ -103,6 +119,8 @@ class Forwarder:
                 self._spawn_pump(index)
         if self.monitor_interval:
             self._helpers.append(gevent.spawn(self._monitor))
+        if self.keep_warm:
+            self._helpers.append(gevent.spawn(self._keep_warm))
         self.log.info(
             "forwarding",
             mode=self.mode,
@@ -203,6 +221,25 @@ class Forwarder:
     def _monitor(self):
         while not self._stop_requested.wait(self.monitor_interval):
             self.check_ports()
+
+    def _keep_warm(self):
+        # Measured here (2 vCPUs): a process woken from idle takes ~0.1 ms
+        # longer to run than one woken within the last millisecond, for C
+        # and Python alike.  So while traffic flows, tick every `keep_warm`
+        # seconds; once it stops, look only every IDLE_CHECK seconds.
+        counters = [p.counters for p in self.ports if p.readable]
+        interval, sleep, clock = self.keep_warm, gevent.sleep, self._hub.loop.now
+        seen, last_active = -1, -KEEP_WARM_LINGER
+        while not self._stopped:
+            total = sum(c.rx_packets for c in counters)
+            now = clock()
+            if total != seen:
+                seen, last_active = total, now
+            if now - last_active < KEEP_WARM_LINGER:
+                for _ in range(_KEEP_WARM_TICKS):
+                    sleep(interval)
+            else:
+                sleep(_IDLE_CHECK)
 
     def every(self, interval, callback):
         """Call ``callback(self)`` every ``interval`` seconds until stopped."""

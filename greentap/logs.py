@@ -5,6 +5,7 @@ Nothing here calls ``structlog.configure()``: the command line does
 may add these processors to its own chain.
 """
 
+import os
 import time
 
 import structlog
@@ -64,7 +65,7 @@ class SafeStream:
         try:
             return self._stream.write(text)
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed
-            self.broken = exc
+            self._break(exc)
             self.lost += 1
             return len(text)
 
@@ -74,7 +75,22 @@ class SafeStream:
         try:
             self._stream.flush()
         except (OSError, ValueError) as exc:
-            self.broken = exc
+            self._break(exc)
+
+    def _break(self, exc):
+        self.broken = exc
+        # What is still buffered would fail again when the interpreter flushes
+        # its streams at exit, turning a clean exit into status 120.  Point the
+        # fd at /dev/null, as Python's documentation advises for SIGPIPE.
+        try:
+            fd = self._stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
     def isatty(self):
         try:

@@ -16,6 +16,18 @@ from gevent import get_hub
 from greentap.counters import DeviceCounters
 from greentap.errors import FrameRejected, TapClosed, TapVanished, io_error
 
+try:  # the wire's inner loop in C, built when a compiler was there (setup.py)
+    from greentap._relay import relay_batch as _relay_batch
+except ImportError:  # pragma: no cover - depends on the build
+    _relay_batch = None
+if os.environ.get("GREENTAP_PURE_PYTHON"):  # for tests and benchmarks of the fallback
+    _relay_batch = None
+
+#: Which relay loop :meth:`PolledTap.relay_to` runs: ``"c"`` or ``"python"``.
+RELAY = "python" if _relay_batch is None else "c"
+# How a C batch ended (greentap/_relay.c).
+_BUDGET, _WAIT, _EOF_END, _READ_ERROR, _WRITE_ERROR = range(5)
+
 #: Frames read back to back before yielding to the hub (QEMU's TAP backend
 #: uses the same figure): an always-readable device must not starve others.
 DEFAULT_BUDGET = 50
@@ -209,11 +221,13 @@ class PolledTap:
         """Forward every frame read from this device to ``dst`` until this one closes.
 
         The wire's hot path: per frame one ``read`` and one ``write``, nothing
-        else.  ``os.read`` into a fresh bytes object measured faster here than
-        ``readv`` into a reused buffer (the memoryview slice and iovec cost
-        more than the allocation).  Reads are still sized for the largest
-        frame.  Counters are kept in locals and published after every batch
-        (at most ``budget`` frames) and before every wait.
+        else, in batches of at most ``budget`` frames; between batches it
+        yields to the hub, and it waits on the read watcher only when the
+        device has nothing more to read.  Counters are published after every
+        batch.  Without mirrors the batch runs in C (``greentap._relay``)
+        when it was built; otherwise in Python, where ``os.read`` into a
+        fresh bytes object measured faster than ``readv`` into a reused
+        buffer.  Reads are sized for the largest frame either way.
 
         Args:
             dst: the :class:`PolledTap` to write to.  Writes never block: a
@@ -229,6 +243,40 @@ class PolledTap:
             TapClosed: this device was closed (the normal end).
             TapVanished, TapIOError: this device failed.
         """
+        if _relay_batch is not None and not mirrors:
+            self._relay_c(dst, on_send_error)
+        else:
+            self._relay_python(dst, on_send_error, mirrors)
+
+    def _relay_c(self, dst, on_send_error):
+        batch = _relay_batch
+        buf = bytearray(self.max_frame_size)
+        budget = self._budget
+        rx_c, tx_c = self.counters, dst.counters
+        hub_wait, watcher = self._hub.wait, self._read_watcher
+        while True:
+            fd = self._fd  # re-read after every yield: either side may close then
+            if fd < 0:
+                raise TapClosed(self.name)
+            end, code, *counts = batch(fd, dst._fd, buf, budget)
+            _publish(rx_c, tx_c, *counts)
+            if end == _WAIT:
+                hub_wait(watcher)  # raises TapClosed if close() runs meanwhile
+            elif end == _BUDGET:
+                gevent.sleep(0)  # the budget is spent: let the hub run
+            elif end == _WRITE_ERROR:
+                error = io_error(dst.name, OSError(code, os.strerror(code)), "write")
+                if not isinstance(error, TapClosed):
+                    tx_c.tx_errors += 1  # TapClosed is counted by on_send_error
+                on_send_error(error)
+            elif end == _EOF_END:
+                raise TapVanished(self.name, _EOF)
+            else:
+                if self._fd < 0:
+                    raise TapClosed(self.name)
+                raise io_error(self.name, OSError(code, os.strerror(code)), "read")
+
+    def _relay_python(self, dst, on_send_error, mirrors):
         read, write = os.read, os.write
         size = self.max_frame_size
         budget = self._budget
@@ -280,15 +328,11 @@ class PolledTap:
             except OSError as exc:
                 if isinstance(exc, TapVanished):
                     raise
+                if self._fd < 0:
+                    raise TapClosed(self.name) from exc
                 raise io_error(self.name, exc, "read") from exc
             finally:
-                rx_c.rx_packets += rx
-                rx_c.rx_bytes += rx_bytes
-                tx_c.tx_packets += tx
-                tx_c.tx_bytes += tx_bytes
-                tx_c.tx_dropped += dropped
-                tx_c.tx_link_down += link_down
-                tx_c.tx_errors += errors
+                _publish(rx_c, tx_c, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors)
             if wait:
                 hub_wait(watcher)  # raises TapClosed if close() runs meanwhile
             else:
@@ -364,3 +408,14 @@ class PolledTap:
 
 def _noop():
     pass
+
+
+def _publish(rx_c, tx_c, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors):
+    """Add one relay batch's counts to the source's and destination's counters."""
+    rx_c.rx_packets += rx
+    rx_c.rx_bytes += rx_bytes
+    tx_c.tx_packets += tx
+    tx_c.tx_bytes += tx_bytes
+    tx_c.tx_dropped += dropped
+    tx_c.tx_link_down += link_down
+    tx_c.tx_errors += errors

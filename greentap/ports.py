@@ -332,12 +332,13 @@ def _open(spec, *, mtu, hub, logger, offload):
     if spec.kind == "fd":
         # Already attached by whoever opened it; no link settings: the link is
         # the helper's to configure, and this process may lack the privilege.
+        # A vnet header is fine (the forwarder checks that every port agrees);
+        # TUN mode and packet info are not Ethernet frames.
         tap = Tap.from_fd(spec.options["fd"])
-        if tap.mode != "tap" or tap.vnet_hdr_size or tap.header_size:
+        if tap.mode != "tap" or tap.header_size != tap.vnet_hdr_size:
             tap.close()
             raise EndpointSyntaxError(
-                None,
-                f"{spec.text}: a plain TAP fd is needed (no tun mode, vnet header or packet info)",
+                None, f"{spec.text}: a TAP fd is needed (not tun mode, no packet info)"
             )
         return FramePort(tap.polled(hub))
     raise EndpointSyntaxError(None, f"cannot open endpoint of kind {spec.kind!r}")

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from greentap import cli
-from tests.privileged.topology import TapForward, hosts
+from tests.privileged.topology import Host, TapForward, hosts, underlay
 
 TRANSFER = 64 << 20  # bytes
 
@@ -59,21 +59,30 @@ def transfer(a, b):
     return sent.stdout.strip(), received
 
 
-@pytest.mark.parametrize("mode", ["auto", "off"])
-def test_tcp_through_the_forwarder_is_byte_exact(make_netns, tmp_path, mode):
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [("auto", ()), ("off", ()), ("auto", ("--workers", "2"))],
+    ids=["offload", "no-offload", "offload-2-workers"],
+)
+def test_tcp_through_the_forwarder_is_byte_exact(make_netns, tmp_path, mode, extra):
     """64 MiB over TCP arrive byte for byte (SHA-256), with offloads passed through
-    (64 KiB super-frames and their virtio-net headers) and without."""
+    (64 KiB super-frames and their virtio-net headers) and without, and through
+    two worker processes over multi-queue TAPs."""
     a, b = hosts(make_netns, 2)
-    tf = TapForward("--stats", "0", "--offload", mode, a.endpoint, b.endpoint, tmp_path=tmp_path)
+    tf = TapForward(
+        "--stats", "0", "--offload", mode, *extra, a.endpoint, b.endpoint, tmp_path=tmp_path
+    )
     try:
         opened = [tf.wait_for("endpoint_opened", endpoint=h.tap) for h in (a, b)]
         a.configure()
         b.configure()
         sent, received = transfer(a, b)
         assert sent == received
-        status, _ = tf.terminate(timeout=5)
+        status, _ = tf.terminate(timeout=8)
         assert status == 0
-        stats = {e["endpoint"]: e for e in tf.events() if e["event"] == "stats"}
+        stats = {
+            e["endpoint"]: e for e in tf.events() if e["event"] == "stats" and "worker" not in e
+        }
     finally:
         tf.stop()
     average = stats[a.tap]["rx_bytes"] / stats[a.tap]["rx_packets"]
@@ -101,3 +110,30 @@ def test_offload_is_off_with_a_tunnel_and_refused_when_forced(make_netns, tmp_pa
         assert "--offload on needs every forwarding endpoint to be a TAP" in line
     finally:
         forced.stop()
+
+
+def test_tcp_is_byte_exact_where_offloads_are_negotiated_off(make_netns, tmp_path):
+    """The fallback: a TAP joined to a VXLAN tunnel (which cannot carry 64 KiB
+    frames) gets no offloads, so each kernel sends finished, MTU-sized frames; two
+    sites over VXLAN carry 64 MiB of TCP byte for byte (SHA-256)."""
+    s1, s2 = make_netns(), make_netns()
+    underlay(s1, s2, "198.18.4.1", "198.18.4.2")
+    h1, h2 = Host(make_netns(), 0), Host(make_netns(), 1)
+    h1.ip, h2.ip = "198.18.5.1", "198.18.5.2"
+    sites = [
+        TapForward("--stats", "0", "--mtu", "1450", h.endpoint,
+                   f"vxlan://{peer}?vni=7&local={local}:4789", tmp_path=tmp_path, netns=s.name)
+        for h, s, local, peer in ((h1, s1, "198.18.4.1", "198.18.4.2"),
+                                  (h2, s2, "198.18.4.2", "198.18.4.1"))
+    ]  # fmt: skip
+    try:
+        for site, h in zip(sites, (h1, h2), strict=True):
+            assert site.wait_for("endpoint_opened", endpoint=h.tap)["offload"] == 0
+            h.ns.ip("addr", "add", f"{h.ip}/24", "dev", h.tap)
+        sent, received = transfer(h1, h2)
+        assert sent == received
+        stats = sites[0].final_stats(timeout=5)
+    finally:
+        for site in sites:
+            site.stop()
+    assert stats[h1.tap]["rx_bytes"] / stats[h1.tap]["rx_packets"] < 1465  # MTU-sized

@@ -59,10 +59,11 @@ def hosts(make_netns, n):
     return [Host(make_netns(), i) for i in range(n)]
 
 
-def iperf3(client, server, seconds=2, wait=None):
+def iperf3(client, server, seconds=2, wait=None, extra=()):
     """Run an iperf3 TCP test from client to server; return the parsed JSON result.
 
     Args:
+        extra: more client options, e.g. ``("-P", "8")`` for eight flows.
         wait: ``wait(proc)`` waits for a process; pass :func:`gevent_wait`
             when the forwarder runs in this process's hub.  Default: block.
     """
@@ -77,7 +78,15 @@ def iperf3(client, server, seconds=2, wait=None):
         else:
             raise AssertionError("iperf3 server did not start")
         cli = client.ns.popen(
-            "iperf3", "-c", server.ip, "-t", str(seconds), "-J", stdout=subprocess.PIPE, text=True
+            "iperf3",
+            "-c",
+            server.ip,
+            "-t",
+            str(seconds),
+            "-J",
+            *extra,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         wait(cli)
         out = cli.stdout.read()  # read after exit: the JSON report fits a pipe buffer

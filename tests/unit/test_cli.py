@@ -32,6 +32,14 @@ def tap_forward(*args):
         (("--mtu", "10", "a", "b"), cli.EXIT_USAGE, "between 68 and 65535"),
         (("--bogus",), cli.EXIT_USAGE, "unrecognized arguments"),
         (("--demo", "tap0"), cli.EXIT_USAGE, "--demo takes no endpoints"),
+        (("--workers", "0", "a", "b"), cli.EXIT_USAGE, "between 1 and 256"),
+        (
+            ("--workers", "2", "a", "udp://127.0.0.1:9?local=127.0.0.1:0"),
+            cli.EXIT_USAGE,
+            "--workers needs every endpoint to be a TAP",
+        ),
+        (("--workers", "2", "a", "b", "pcap:-"), cli.EXIT_USAGE, "--workers needs every"),
+        (("tap0?rate=0", "tap1"), cli.EXIT_USAGE, "expected frames per second > 0"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(args, status, message):

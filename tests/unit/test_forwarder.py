@@ -1,5 +1,6 @@
 """The forwarding engine over SOCK_SEQPACKET pairs: wire, switch, backpressure, failures."""
 
+import os
 import socket
 
 import gevent
@@ -7,6 +8,7 @@ import pytest
 import structlog
 import structlog.testing
 
+from greentap import polled
 from greentap.device import Tap
 from greentap.forwarder import Forwarder
 from greentap.ports import FramePort
@@ -55,6 +57,18 @@ class Rig:
         self.fwd.stop()
         for p in self.peers:
             p.close()
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def relay_loop(request, monkeypatch):
+    """Every test here runs with the C relay loop (when built) and the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(polled, "_relay_batch", None)
+    elif polled._relay_batch is None:
+        if os.environ.get("CI"):
+            pytest.fail("greentap._relay was not built (CI builds it)")
+        pytest.skip("greentap._relay was not built")
+    return request.param
 
 
 @pytest.fixture

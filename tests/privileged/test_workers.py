@@ -1,0 +1,89 @@
+"""tap-forward --workers: multi-queue TAPs, one forwarder process per queue."""
+
+import json
+import os
+import signal
+import time
+
+from tests.privileged.conftest import sh
+from tests.privileged.topology import hosts, iperf3
+
+
+def ok(ping):
+    return ping.returncode == 0 and " 0% packet loss" in ping.stdout
+
+
+def numqueues(host):
+    info = host.ns.link(host.tap)["linkinfo"]["info_data"]
+    assert info["multi_queue"] is True
+    return info["numqueues"]
+
+
+def test_two_workers_forward_many_flows_and_survive_one_being_killed(make_netns, forwarders):
+    """--workers 2: each TAP has two queues, a worker per queue; eight TCP flows and
+    ping cross; both workers carry frames; a worker killed with SIGKILL is started
+    again on its queues and traffic goes on; SIGTERM stops all with status 0 and
+    the supervisor's final counters add up the workers'."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding", workers=2)
+    first = {
+        e["worker"]: e["pid"] for e in [tf.wait_for("worker_started", worker=i) for i in (0, 1)]
+    }
+    assert numqueues(a) == 2 and numqueues(b) == 2
+    a.configure()
+    b.configure()
+    assert ok(a.ping(b, count=3))
+    result = iperf3(a, b, seconds=2, extra=("-P", "8"))
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    os.kill(first[0], signal.SIGKILL)
+    exited = tf.wait_for("worker_exited", worker=0)
+    assert exited["status"] == "killed by SIGKILL"
+    assert wait_restart(tf)["pid"] != first[0]
+    assert ok(a.ping(b, count=3))
+    assert iperf3(a, b, seconds=1, extra=("-P", "8"))["end"]["sum_received"]["bytes"] > 0
+    stats = tf.final_stats(timeout=8)
+    workers = {}
+    for e in tf.events():
+        if e["event"] == "stats" and "worker" in e:
+            workers.setdefault(e["worker"], {})[e["endpoint"]] = e
+    assert set(workers) == {0, 1}
+    assert all(w[a.tap]["rx_packets"] > 0 for w in workers.values())  # both carried frames
+    total = sum(w[a.tap]["rx_packets"] for w in workers.values())
+    assert stats[a.tap]["rx_packets"] >= total  # plus what the killed worker had reported
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None  # created TAPs are gone
+
+
+def wait_restart(tf):
+    """Wait for the second worker_started of worker 0; return it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        started = [e for e in tf.events() if e["event"] == "worker_started" and e["worker"] == 0]
+        if len(started) >= 2:
+            return started[-1]
+        time.sleep(0.05)
+    raise AssertionError("worker 0 was not restarted:\n" + tf.log_path.read_text())
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(make_netns, forwarders):
+    """--workers 2 --user nosuchuser: the workers fail closed (status 3) before
+    forwarding anything; the supervisor does not restart them in a loop but exits 3
+    and removes the TAPs it created."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders(
+        "--stats", "0", "--workers", "2", "--user", "nosuchuser", a.endpoint, b.endpoint
+    )
+    assert tf.proc.wait(timeout=30) == 3
+    assert tf.count("worker_failed_to_start") >= 1
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+def test_a_persistent_tap_without_multi_queue_is_refused_clearly(make_netns, forwarders):
+    """A persistent single-queue TAP cannot take --workers: one error line, exit 4."""
+    a, b = hosts(make_netns, 2)
+    b.ns.ip("tuntap", "add", "dev", b.tap, "mode", "tap")
+    tf = forwarders("--workers", "2", a.endpoint, b.endpoint)
+    assert tf.proc.wait(timeout=10) == 4
+    err = tf.log_path.read_text().strip().splitlines()[-1]
+    assert "another type or flags" in err and "multi_queue" in err
+    assert json.loads(sh("ip", "-n", b.ns.name, "-j", "link", "show", b.tap).stdout)
