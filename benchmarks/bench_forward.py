@@ -5,8 +5,14 @@ Builds two throw-away network namespaces A and B (addresses from
 198.18.0.0/15) joined, in turn, by:
 
 * ``veth``: a kernel veth pair (the ceiling);
-* ``tap-forward``: a TAP in each namespace, forwarded by tap-forward;
-* ``tf-offload``: the same with ``--offload auto`` (virtio-net headers, TSO);
+* ``tap-forward``: a TAP in each namespace, forwarded by tap-forward with its
+  defaults (offloads on between TAPs, the C relay loop, the hub kept warm);
+* ``tf-no-offload``, ``tf-python`` (the pure-Python loop,
+  ``GREENTAP_PURE_PYTHON=1``), ``tf-cold`` (``--keep-warm 0``): the same with
+  one of those off, to show what each is worth;
+* ``tf-8flows`` and ``tf-2w-8flows``: one process against ``--workers 2``
+  (multi-queue TAPs), offered eight UDP flows; ``tf-py-8flows`` and
+  ``tf-py-2w-8flows``: the same with the pure-Python loop;
 * ``socat``: a TAP in each namespace, forwarded by
   ``socat TUN,tun-type=tap TUN,tun-type=tap`` (socat's TUN address, tap type);
 * ``kernel-vxlan``: the kernel's vxlan on both sides of a veth underlay (the
@@ -14,12 +20,15 @@ Builds two throw-away network namespaces A and B (addresses from
 * ``kvxlan+tf``: the kernel's vxlan in A, tap-forward bridging it to a TAP in B;
 * ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN.
 
-For each it measures ping RTT, iperf3 TCP throughput (one stream) and
-small-frame packets/s: trafgen in A offers 60-byte UDP frames whose
-destination MAC is not B's, and the rate is what arrives on B's interface.
-It prints a table with ratios and removes everything it made.
+For each it measures ping RTT, iperf3 TCP throughput (one stream),
+small-frame packets/s (trafgen in A offers 106-byte UDP frames whose
+destination MAC is not B's; the rate is what arrives on B's interface) and
+the resident memory of each forwarder process.  Then tap-forward runs
+``--memory-seconds`` (60) at full small-frame load while its resident memory
+is sampled every 5 s.  It prints a table, the ratios, and each of the
+project's speed floors as PASS or FAIL, and removes everything it made.
 
-Run as root:  python3 benchmarks/bench_forward.py [--seconds 5]
+Run as root:  python3 benchmarks/bench_forward.py [--seconds 5] [--memory-seconds 60]
 Needs: iproute2, iputils-ping, iperf3, socat, netsniff-ng (trafgen), ethtool.
 """
 
@@ -61,6 +70,7 @@ class Topology:
         self.tag = tag
         self.namespaces = []
         self.procs = []
+        self.forwarders = []  # tap-forward processes, for their memory
 
     def ns(self, role):
         name = f"gtb-{self.tag}-{role}"
@@ -83,16 +93,19 @@ class Topology:
         self.procs.append(proc)
         return proc
 
-    def tap_forward(self, ns, *endpoints, mtu=None):
+    def tap_forward(self, ns, *args, mtu=None, pin=True, env=None):
         """Start tap-forward (inside namespace `ns`, or here if None)."""
         prefix = ["ip", "netns", "exec", ns] if ns else []
-        prefix += FORWARDER_CPU
+        if pin:
+            prefix += FORWARDER_CPU
         extra = ["--mtu", str(mtu)] if mtu else []
-        self.start(
+        proc = self.start(
             [*prefix, sys.executable, os.path.join(REPO, "scripts", "tap-forward"),
-             "--stats", "0", "--log-level", "warning", *extra, *endpoints],
-            env={**os.environ, "PYTHONPATH": REPO},
+             "--stats", "0", "--log-level", "warning", *extra, *args],
+            env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
         )  # fmt: skip
+        self.forwarders.append(proc)
+        return proc
 
     def stop_procs(self):
         for proc in self.procs:
@@ -136,13 +149,16 @@ def case_veth(topo):
     return a, da, b, db, None
 
 
-def case_tap_forward(topo, offload="off"):
+def case_tap_forward(topo, *args, env=None, pin=True):
     a, b = topo.ns("a"), topo.ns("b")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(None, "--offload", offload, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}")
+    topo.tap_forward(None, *args, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}", env=env, pin=pin)
     wait_for_link(a, da)
     wait_for_link(b, db)
     return a, da, b, db, None
+
+
+PURE = {"GREENTAP_PURE_PYTHON": "1"}
 
 
 def case_socat(topo):
@@ -200,24 +216,48 @@ def case_tap_forward_vxlan(topo):
     return a, da, b, db, 1450
 
 
+# name -> (build the topology, the flows trafgen offers)
 CASES = {
-    "veth": case_veth,
-    "tap-forward": case_tap_forward,
-    "tf-offload": lambda topo: case_tap_forward(topo, offload="auto"),
-    "socat": case_socat,
-    "kernel-vxlan": case_kernel_vxlan,
-    "kvxlan+tf": case_kernel_vxlan_tap_forward,
-    "tf+vxlan+tf": case_tap_forward_vxlan,
+    "veth": (case_veth, ONE_FLOW),
+    "tap-forward": (case_tap_forward, ONE_FLOW),
+    "tf-no-offload": (lambda t: case_tap_forward(t, "--offload", "off"), ONE_FLOW),
+    "tf-python": (lambda t: case_tap_forward(t, env=PURE), ONE_FLOW),
+    "tf-cold": (lambda t: case_tap_forward(t, "--keep-warm", "0"), ONE_FLOW),
+    "socat": (case_socat, ONE_FLOW),
+    "tf-8flows": (case_tap_forward, EIGHT_FLOWS),
+    "tf-2w-8flows": (lambda t: case_tap_forward(t, "--workers", "2", pin=False), EIGHT_FLOWS),
+    "tf-py-8flows": (lambda t: case_tap_forward(t, env=PURE), EIGHT_FLOWS),
+    "tf-py-2w-8flows": (
+        lambda t: case_tap_forward(t, "--workers", "2", env=PURE, pin=False),
+        EIGHT_FLOWS,
+    ),
+    "kernel-vxlan": (case_kernel_vxlan, ONE_FLOW),
+    "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
+    "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
 }
 #: (case, reference) pairs whose ratios the table prints.
 RATIOS = [
     ("tap-forward", "socat"),
     ("tap-forward", "veth"),
-    ("tf-offload", "socat"),
-    ("tf-offload", "veth"),
+    ("tf-no-offload", "socat"),
+    ("tf-python", "socat"),
+    ("tf-cold", "socat"),
+    ("tf-2w-8flows", "tf-8flows"),
+    ("tf-py-2w-8flows", "tf-py-8flows"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
 ]
+#: The project's floors: (case, reference, metric, "min" or "max", bound).
+FLOORS = [
+    ("tap-forward", "socat", "small_pps", "min", 2.6),
+    ("tap-forward", "veth", "small_pps", "min", 0.55),
+    ("tap-forward", "socat", "tcp_gbps", "min", 12.0),
+    ("tap-forward", "veth", "tcp_gbps", "min", 0.70),
+    ("tap-forward", "socat", "ping_rtt_ms", "max", 1.5),
+    ("tf-2w-8flows", "tf-8flows", "small_pps", "min", 1.3),
+]
+RSS_LIMIT_MB = 60.0
+RSS_GROWTH_LIMIT = 0.05
 
 
 def wait_for_link(ns, dev, timeout=10):
@@ -276,17 +316,69 @@ def measure_pps(topo, ns_a, dev_a, ns_b, dev_b, seconds, conf):
     return (end_n - start_n) / (end_t - start_t)
 
 
-def run_case(name, tag, seconds, conf):
+def forwarder_pids(topo):
+    """The tap-forward processes of a case, with their workers."""
+    pids = []
+    for proc in topo.forwarders:
+        pids.append(proc.pid)
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                pids += [int(pid) for pid in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_case(name, tag, seconds, confs):
+    build, flows = CASES[name]
     with Topology(tag) as topo:
-        ns_a, dev_a, ns_b, dev_b, mtu = CASES[name](topo)
+        ns_a, dev_a, ns_b, dev_b, mtu = build(topo)
         address(ns_a, dev_a, A_IP, mtu)
         address(ns_b, dev_b, B_IP, mtu)
         sh("ip", "netns", "exec", ns_a, "ping", "-c", "1", "-W", "2", B_IP)  # warm ARP
-        return {
+        result = {
             "ping_rtt_ms": measure_ping(ns_a),
             "tcp_gbps": measure_tcp(topo, ns_a, ns_b, seconds),
-            "small_pps": measure_pps(topo, ns_a, dev_a, ns_b, dev_b, seconds, conf),
+            "small_pps": measure_pps(topo, ns_a, dev_a, ns_b, dev_b, seconds, confs[flows]),
         }
+        pids = forwarder_pids(topo)
+        if pids:
+            result["rss_mb"] = max(rss_mb(pid) for pid in pids)  # the largest process
+        return result
+
+
+def memory_run(seconds, conf, tag):
+    """Full small-frame load through tap-forward for `seconds`; RSS every 5 s."""
+    with Topology(tag) as topo:
+        ns_a, dev_a, ns_b, dev_b, _ = case_tap_forward(topo)
+        address(ns_a, dev_a, A_IP)
+        address(ns_b, dev_b, B_IP)
+        pid = topo.forwarders[0].pid
+        gen = topo.start(
+            [
+                "ip", "netns", "exec", ns_a, "timeout", "-s", "INT", str(seconds + 2),
+                "trafgen", "--dev", dev_a, "--conf", conf, "--no-sock-mem", "--notouch-irq",
+                "-P", "1", "-n", str(int(seconds * 2_000_000)), "-q",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        samples = []
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            time.sleep(5)
+            samples.append(round(rss_mb(pid), 1))
+        frames = rx_packets(ns_b, dev_b)
+        gen.wait(timeout=30)
+    return {"samples_mb": samples, "frames": frames, "seconds": seconds}
 
 
 def main(argv=None):
@@ -294,6 +386,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, default=5, help="duration of each load test")
     parser.add_argument(
         "--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES)
+    )
+    parser.add_argument(
+        "--memory-seconds", type=int, default=60, help="length of the memory run (0: skip it)"
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -306,42 +401,74 @@ def main(argv=None):
     unknown = set(names) - set(CASES)
     if unknown:
         sys.exit(f"bench_forward: unknown case(s) {', '.join(sorted(unknown))}")
-    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
-        f.write(TRAFGEN_CONF % (FAR_MAC, A_IP, B_IP, ONE_FLOW))
-        conf = f.name
-    results = {}
+    # SIGTERM (a timeout, a kill) still removes the namespaces.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    confs = {}
+    for flows in (ONE_FLOW, EIGHT_FLOWS):
+        with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
+            f.write(TRAFGEN_CONF % (FAR_MAC, A_IP, B_IP, flows))
+            confs[flows] = f.name
+    results, memory = {}, None
     try:
         for i, name in enumerate(names):
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            results[name] = run_case(name, f"{os.getpid() % 10000}{i}", args.seconds, conf)
+            results[name] = run_case(name, f"{os.getpid() % 10000}{i}", args.seconds, confs)
+        if args.memory_seconds:
+            print(f"memory run ({args.memory_seconds} s) ...", file=sys.stderr, flush=True)
+            memory = memory_run(args.memory_seconds, confs[ONE_FLOW], f"{os.getpid() % 10000}m")
     finally:
-        os.unlink(conf)
-    print_table(results)
+        for conf in confs.values():
+            os.unlink(conf)
+    print_table(results, memory)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"cases": results, "memory": memory}, f, indent=2)
     return results
 
 
-def print_table(results):
-    metrics = [
-        ("ping_rtt_ms", "ping RTT (ms, lower is better)", "{:.3f}"),
-        ("tcp_gbps", "iperf3 TCP (Gbit/s)", "{:.2f}"),
-        ("small_pps", "small frames (packets/s)", "{:,.0f}"),
-    ]
+METRICS = [
+    ("ping_rtt_ms", "ping RTT (ms, lower is better)", "{:.3f}"),
+    ("tcp_gbps", "iperf3 TCP (Gbit/s)", "{:.2f}"),
+    ("small_pps", "small frames (packets/s)", "{:,.0f}"),
+    ("rss_mb", "resident memory (MB, largest)", "{:.1f}"),
+]
+
+
+def print_table(results, memory=None):
     names = list(results)
-    print(f"{'metric':<32}" + "".join(f"{n:>14}" for n in names))
-    for key, label, fmt in metrics:
-        print(f"{label:<32}" + "".join(f"{fmt.format(results[n][key]):>14}" for n in names))
+    width = max(14, max(len(n) for n in names) + 2)
+    print(f"{'metric':<32}" + "".join(f"{n:>{width}}" for n in names))
+    for key, label, fmt in METRICS:
+        cells = [fmt.format(results[n][key]) if key in results[n] else "-" for n in names]
+        print(f"{label:<32}" + "".join(f"{c:>{width}}" for c in cells))
     print()
     for case, ref in RATIOS:
         if case in results and ref in results:
             ratios = ", ".join(
                 f"{label.split(' (')[0]} {results[case][key] / results[ref][key]:.2f}x"
-                for key, label, _ in metrics
+                for key, label, _ in METRICS[:3]
                 if results[ref][key]
             )
             print(f"{case} / {ref}: {ratios}")
+    print()
+    for case, ref, key, sense, bound in FLOORS:
+        if case in results and ref in results and results[ref][key]:
+            ratio = results[case][key] / results[ref][key]
+            passed = ratio >= bound if sense == "min" else ratio <= bound
+            rel = ">=" if sense == "min" else "<="
+            print(f"{'PASS' if passed else 'FAIL'}  {key} {case} / {ref} = {ratio:.2f}x "
+                  f"(floor {rel} {bound}x)")  # fmt: skip
+    sizes = [r["rss_mb"] for r in results.values() if "rss_mb" in r]
+    if sizes:
+        print(f"{'PASS' if max(sizes) < RSS_LIMIT_MB else 'FAIL'}  resident memory per "
+              f"process {max(sizes):.1f} MB at most (floor < {RSS_LIMIT_MB:.0f} MB)")  # fmt: skip
+    if memory and len(memory["samples_mb"]) >= 2:
+        first, last = memory["samples_mb"][0], memory["samples_mb"][-1]
+        growth = (last - first) / first
+        print(f"{'PASS' if abs(growth) <= RSS_GROWTH_LIMIT else 'FAIL'}  resident memory over "
+              f"{memory['seconds']} s at full load: {first} -> {last} MB ({growth:+.1%}, "
+              f"floor within 5%); samples {memory['samples_mb']}, "
+              f"{memory['frames']:,} frames")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -284,6 +284,8 @@ def main(argv=None):
         p.exit(2, "soak.py: needs root (network namespaces and TAPs)\n")
     if args.duration < 2 * args.interval:
         p.exit(2, "soak.py: --duration must be at least two intervals\n")
+    # SIGTERM (a timeout, a kill) still removes the namespaces and processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(args)
 
 
