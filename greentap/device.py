@@ -376,6 +376,8 @@ class Tap:
         """
         if not self.exists():
             raise TapVanished(self.name, "no interface of this name to attach to")
+        if self.attached():
+            return  # done by an earlier call whose later steps failed
         raw = self._raw_name()
         try:
             _ioctl(self._fd, self._ioc.TUNSETIFF, ifreq.pack_flags(raw, self.flags))

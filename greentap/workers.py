@@ -386,6 +386,8 @@ def report_to(forwarder, fd, interval=REPORT_INTERVAL):
                 pass
         except OSError:
             pass
+        if forwarder.wait(0):
+            return  # stopping anyway: the socket closed under us
         forwarder.log.warning("supervisor_gone", action="stop")
         forwarder.request_stop()
 

@@ -87,3 +87,30 @@ def test_a_persistent_tap_without_multi_queue_is_refused_clearly(make_netns, for
     err = tf.log_path.read_text().strip().splitlines()[-1]
     assert "another type or flags" in err and "multi_queue" in err
     assert json.loads(sh("ip", "-n", b.ns.name, "-j", "link", "show", b.tap).stdout)
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(make_netns, forwarders):
+    """SIGKILL the supervisor: its workers notice (their report socket closes) and
+    exit within seconds, so the TAPs it created vanish instead of lingering."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", a.endpoint, b.endpoint)
+    pids = [tf.wait_for("worker_started", worker=i)["pid"] for i in (0, 1)]
+    for i in (0, 1):
+        tf.wait_for("forwarding", worker=i)
+    tf.proc.kill()
+    tf.proc.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(running(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(running(p) for p in pids), "workers outlived the supervisor"
+    assert tf.count("supervisor_gone") == 2
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+def running(pid):
+    """True if the process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except OSError:
+        return False
