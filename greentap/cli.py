@@ -374,10 +374,15 @@ def run(args):
         logger=log,
         keep_warm=args.keep_warm / 1000,
     )
+    final_report = None
     try:
         forwarder.handle_signals()
         if args.metrics:
             serve_metrics(forwarder, args.metrics, log)
+        if args.report_fd is not None:  # a worker of --workers; before the drop: it imports
+            from greentap.workers import report_to
+
+            final_report = report_to(forwarder, args.report_fd)
         if args.user is not None:
             from greentap.privileges import drop_privileges
 
@@ -389,11 +394,6 @@ def run(args):
     report = log_stats(log)
     if args.stats:
         forwarder.every(args.stats, report)
-    final_report = None
-    if args.report_fd is not None:
-        from greentap.workers import report_to
-
-        final_report = report_to(forwarder, args.report_fd)
     try:
         forwarder.serve_forever()
     finally:

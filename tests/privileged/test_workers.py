@@ -114,3 +114,24 @@ def running(pid):
             return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
     except OSError:
         return False
+
+
+def test_workers_drop_to_the_user_and_the_supervisor_keeps_root(make_netns, forwarders):
+    """--workers 2 --user nobody: each worker runs as uid 65534 with no capability
+    and still forwards; the supervisor, which reads no frame, stays root."""
+    from greentap.privileges import read_status
+
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", "--user", "nobody", a.endpoint, b.endpoint)
+    pids = [tf.wait_for("worker_started", worker=i)["pid"] for i in (0, 1)]
+    for i in (0, 1):
+        tf.wait_for("privileges_dropped", worker=i)
+    for pid in pids:
+        status = read_status(f"/proc/{pid}/status")
+        assert status["Uid"] == ["65534"] * 4 and int(status["CapEff"][0], 16) == 0
+    assert read_status(f"/proc/{tf.proc.pid}/status")["Uid"][0] == "0"
+    a.configure()
+    b.configure()
+    assert ok(a.ping(b, count=3))
+    assert iperf3(a, b, seconds=1, extra=("-P", "4"))["end"]["sum_received"]["bytes"] > 0
+    tf.final_stats(timeout=8)
