@@ -245,9 +245,7 @@ def configure_logging(fmt=None, level="info", stream=None):
     from greentap.logs import RateLimitWarnings, SafeStream
 
     stream = SafeStream(stream if stream is not None else sys.stderr)
-    if fmt is None:
-        fmt = "console" if stream.isatty() else "json"
-    if fmt == "json":
+    if log_format(fmt, stream) == "json":
         tail = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
         tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
@@ -266,6 +264,13 @@ def configure_logging(fmt=None, level="info", stream=None):
         cache_logger_on_first_use=False,
     )
     return stream
+
+
+def log_format(fmt, stream):
+    """The log rendering asked for, or by default console on a terminal, json otherwise."""
+    if fmt is not None:
+        return fmt
+    return "console" if stream.isatty() else "json"
 
 
 def _add_logger_name(logger, method_name, event_dict):
@@ -409,8 +414,8 @@ def run_workers(args, specs, offload, log):
     """``--workers N``: supervise N forwarder processes over multi-queue TAPs."""
     from greentap.workers import Supervisor
 
-    fmt = args.log_format or ("console" if sys.stderr.isatty() else "json")
-    worker_args = ["--log-format", fmt, "--log-level", args.log_level,
+    worker_args = ["--log-format", log_format(args.log_format, sys.stderr),
+                   "--log-level", args.log_level,
                    "--aging", repr(args.aging), "--max-macs", str(args.max_macs),
                    "--keep-warm", repr(args.keep_warm)]  # fmt: skip
     if args.user is not None:

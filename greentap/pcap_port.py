@@ -11,8 +11,8 @@ be written (``tx_ENOSPC``) and truncates the file back to its last whole
 record; the capture goes on when there is room again, and both changes are
 logged once (``capture_write_failed``, ``capture_resumed``).  :meth:`reopen`
 (SIGHUP) starts a new file at the same path when the old one was moved away,
-as log rotation tools expect.  Rotation by size keeps at most ``keep`` files, each no larger than
-``rotate`` bytes, each a valid pcap file.  :meth:`PcapPort.close` flushes
+as log rotation tools expect.  Rotation by size keeps at most ``keep``
+files, each no larger than ``rotate`` bytes, each a valid pcap file.  :meth:`PcapPort.close` flushes
 and waits for the writer, so the file is complete after SIGTERM/SIGINT.
 """
 
@@ -244,12 +244,10 @@ class PcapPort(Port):
                     if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                         self._ended = "the reader closed the pipe"
                     else:
-                        self._failing = errno.errorcode.get(exc.errno, str(exc.errno))
                         # ENOSPC and friends: drop the chunk, cut back to the last
                         # whole record so the file stays valid.
-                        self._writer_drops[f"tx_{errno.errorcode.get(exc.errno, exc.errno)}"] += (
-                            records
-                        )
+                        self._failing = errno.errorcode.get(exc.errno, str(exc.errno))
+                        self._writer_drops[f"tx_{self._failing}"] += records
                         if fd != 1:
                             try:
                                 os.ftruncate(fd, size)

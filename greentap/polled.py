@@ -22,9 +22,6 @@ except ImportError:  # pragma: no cover - depends on the build
     _relay_batch = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):  # for tests and benchmarks of the fallback
     _relay_batch = None
-
-#: Which relay loop :meth:`PolledTap.relay_to` runs: ``"c"`` or ``"python"``.
-RELAY = "python" if _relay_batch is None else "c"
 # How a C batch ended (greentap/_relay.c).
 _BUDGET, _WAIT, _EOF_END, _READ_ERROR, _WRITE_ERROR = range(5)
 

@@ -183,16 +183,7 @@ class TapPort(FramePort):
         tap.up()
 
     def _put_back(self):
-        if self._restore is None:
-            return
-        was_up, mtu = self._restore
-        try:
-            if self.tap.mtu != mtu:
-                self.tap.mtu = mtu
-            if not was_up:
-                self.tap.down()
-        except TapError:
-            pass  # the device is gone or moved: nothing left to restore
+        put_back(self.tap, self._restore)
 
     # --- watching the link ------------------------------------------------
     def check(self):
@@ -290,6 +281,24 @@ class TapPort(FramePort):
             "netns": self.tap.netns,
             "offload": self.tap.offload,
         }
+
+
+def put_back(tap, found):
+    """Leave a device attached to as it was found: ``found`` is ``(was up, MTU)``.
+
+    Nothing to do for None (a device this process created).  A device gone
+    or moved meanwhile is left alone.
+    """
+    if found is None:
+        return
+    was_up, mtu = found
+    try:
+        if tap.mtu != mtu:
+            tap.mtu = mtu
+        if not was_up:
+            tap.down()
+    except TapError:
+        pass  # the device is gone or moved: nothing left to restore
 
 
 def open_port(spec, *, mtu=None, hub=None, logger=None, offload=False):

@@ -39,8 +39,9 @@ import gevent.event
 import gevent.socket
 import gevent.subprocess
 
+from greentap.counters import DeviceCounters
 from greentap.device import Tap
-from greentap.errors import TapError
+from greentap.ports import put_back
 
 REPORT_INTERVAL = 0.5  # seconds between two counter reports of a worker
 _REPORT_MAX = 1 << 20  # largest report message
@@ -335,24 +336,14 @@ class Supervisor:
     # --- lifetime ---------------------------------------------------------
     def close(self):
         """Restore the links of devices found, close every queue (created TAPs vanish)."""
-        for queues, restore in zip(self.queues, self._restore, strict=True):
-            if restore is not None:
-                was_up, mtu = restore
-                try:
-                    if queues[0].mtu != mtu:
-                        queues[0].mtu = mtu
-                    if not was_up:
-                        queues[0].down()
-                except TapError:
-                    pass  # gone or moved: nothing to restore
+        for queues, found in zip(self.queues, self._restore, strict=True):
+            put_back(queues[0], found)
             for queue in queues:
                 queue.close()
         self.queues = []
 
 
 def _zero_port(name):
-    from greentap.counters import DeviceCounters
-
     return {"endpoint": name, "kind": "tap", **DeviceCounters().as_dict(), "drops": {},
             "failed": None}  # fmt: skip
 
