@@ -15,8 +15,8 @@ import sys
 import structlog
 from gevent.pywsgi import WSGIServer
 
-from greentap.endpoints import parse_endpoint
-from greentap.forwarder import Forwarder
+from greentap.app.forwarder import Forwarder
+from greentap.core.endpoints import parse_endpoint
 from greentap.ports import open_ports
 
 

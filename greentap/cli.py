@@ -1,37 +1,51 @@
 """``tap-forward``: forward Ethernet frames between endpoints.
 
-A thin shell over :class:`greentap.forwarder.Forwarder`: parse arguments,
-configure structlog, open the ports, serve until SIGINT/SIGTERM, and turn
-every error into one line on stderr and a documented exit status.
+A thin shell: parse the arguments into :class:`~greentap.app.startup.Options`,
+configure structlog, call :func:`greentap.app.startup.run` (or the demo),
+and turn every error into one line on stderr and a documented exit status
+(:mod:`greentap.app.exits`).  Nothing else happens here.
 """
 
+from __future__ import annotations
+
 import argparse
-import errno
+import dataclasses
 import sys
-import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import structlog
 
-import greentap
-from greentap.endpoints import SYNTAX, parse_endpoint, parse_hostport
-from greentap.errors import (
-    EndpointSyntaxError,
-    EndpointUnavailable,
-    PrivilegeDropFailed,
-    SetTapAttributes,
-    TapError,
-    TapNameError,
+from greentap._version import __version__
+from greentap.app import startup
+from greentap.app.demo import run_demo
+from greentap.app.exits import (
+    EXIT_BUSY,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_SYSTEM,
+    EXIT_USAGE,
+    STATUSES,
+    exit_status,
 )
+from greentap.app.logs import PROG, configure_logging
+from greentap.core.endpoints import SYNTAX, parse_hostport
+from greentap.core.numbers import parse_decimal, parse_int
+from greentap.errors import GreentapError, UsageError
+from greentap.green import relay
 
-PROG = "tap-forward"
-
-# Exit statuses (also in --help and the README).
-EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or --demo succeeded
-EXIT_INTERNAL = 1  # a bug: please report it
-EXIT_USAGE = 2  # bad arguments: syntax, names, fewer than two endpoints
-EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN), or --user failed
-EXIT_BUSY = 4  # device busy or conflicting with an existing one
-EXIT_SYSTEM = 5  # anything else the system refused (no /dev/net/tun, ...)
+__all__ = [
+    "EXIT_BUSY",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_PERMISSION",
+    "EXIT_SYSTEM",
+    "EXIT_USAGE",
+    "build_parser",
+    "exit_status",
+    "main",
+]
 
 EPILOG = f"""\
 endpoints:
@@ -78,21 +92,51 @@ signals:
                    (log rotation), look at every endpoint now; keeps forwarding
 
 exit status:
-  0 stopped by SIGINT/SIGTERM (or --demo succeeded)   1 internal error
-  2 usage: bad syntax, bad name, fewer than two endpoints
-  3 not permitted (needs CAP_NET_ADMIN), or --user could not be applied
-  4 device busy or conflicting
-  5 other system error (e.g. /dev/net/tun missing)
-"""
+""" + "\n".join(f"  {status} {meaning}" for status, meaning in STATUSES.items())
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block.
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
 
 
-def build_parser():
+class _Version(argparse.Action):
+    """``--version``: the version, then which relay loop runs and why."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and relay loop")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        loop = "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
+        print(f"{PROG} {__version__}\nrelay loop: {loop}")
+        parser.exit(EXIT_OK)
+
+
+def _number(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text; its ValueError says what was expected."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected {exc}, not {text!r}") from None
+
+    convert.__name__ = name  # argparse names it in "invalid <name> value"
+    return convert
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    try:
+        if text.isascii() and text.isdigit():
+            return "127.0.0.1", parse_int(text, 0, 65535)
+        return parse_hostport(text, what="--metrics address", any_port=True)
+    except (ValueError, UsageError) as exc:
+        reason = exc.reason if isinstance(exc, UsageError) else f"port: expected {exc}"
+        raise argparse.ArgumentTypeError(reason) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``tap-forward``."""
     p = _Parser(
         prog=PROG,
@@ -100,11 +144,12 @@ def build_parser():
         "UDP sockets: two endpoints make a wire, three or more a MAC learning switch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--work 2` must not silently mean --workers
     )
     p.add_argument("endpoints", nargs="*", metavar="ENDPOINT", help=SYNTAX)
     p.add_argument(
         "--stats",
-        type=_non_negative_float,
+        type=_number("seconds", lambda t: parse_decimal(t, 0.1, 86400, zero=True)),
         default=10.0,
         metavar="SECONDS",
         help="log per-endpoint counters every SECONDS (default 10; 0 = off)",
@@ -122,7 +167,12 @@ def build_parser():
         choices=("debug", "info", "warning", "error", "critical"),
         help="least severe level logged (default info)",
     )
-    p.add_argument("--mtu", type=_mtu, metavar="N", help="set the MTU of the TAPs it opens")
+    p.add_argument(
+        "--mtu",
+        type=_number("MTU", lambda t: parse_int(t, 68, 65535)),
+        metavar="N",
+        help="set the MTU of the TAPs it opens",
+    )
     p.add_argument(
         "--offload",
         choices=("auto", "on", "off"),
@@ -149,21 +199,21 @@ def build_parser():
     )
     p.add_argument(
         "--max-macs",
-        type=_positive_int,
+        type=_number("count", lambda t: parse_int(t, 1, 1 << 24)),
         default=8192,
         metavar="N",
         help="bound of the MAC learning table (default 8192)",
     )
     p.add_argument(
         "--aging",
-        type=_positive_float,
+        type=_number("seconds", lambda t: parse_decimal(t, 0, 1e7, low_open=True)),
         default=300.0,
         metavar="SECONDS",
         help="forget a MAC address not seen for SECONDS (default 300)",
     )
     p.add_argument(
         "--keep-warm",
-        type=_non_negative_float,
+        type=_number("milliseconds", lambda t: parse_decimal(t, 0.01, 1000, zero=True)),
         default=1.0,
         metavar="MS",
         help="while frames flow (and 5 s after), wake every MS milliseconds so the CPU "
@@ -172,306 +222,46 @@ def build_parser():
     )
     p.add_argument(
         "--workers",
-        type=_workers,
+        type=_number("count", lambda t: parse_int(t, 1, 256)),
         default=1,
         metavar="N",
         help="forward with N worker processes over multi-queue TAPs, one per core "
         "(every endpoint must be a TAP; default 1: one process)",
     )
-    # Set by the supervisor of --workers for each worker; not for people.
-    p.add_argument("--report-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument(
         "--demo",
         action="store_true",
         help="build two throw-away namespaces, forward between them, ping across, clean up",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {greentap.__version__}")
+    p.add_argument("--version", action=_Version)
     return p
 
 
-def _number(name, convert, accept, expectation):
-    """An argparse type: ``convert`` the text, then require ``accept(value)``."""
-
-    def parse(text):
-        value = convert(text)
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"{expectation}, not {text}")
-        return value
-
-    parse.__name__ = name  # argparse names it in "invalid <name> value"
-    return parse
-
-
-_positive_int = _number("count", int, lambda v: v >= 1, "must be at least 1")
-_positive_float = _number("seconds", float, lambda v: v > 0, "must be positive")
-_non_negative_float = _number("seconds", float, lambda v: v >= 0, "must not be negative")
-_mtu = _number("MTU", int, lambda v: 68 <= v <= 65535, "an MTU is between 68 and 65535")
-_workers = _number("count", int, lambda v: 1 <= v <= 256, "must be between 1 and 256")
-
-
-def _listen_address(text):
-    if text.isdigit():
-        host, port = "127.0.0.1", int(text)
-    else:
-        try:
-            host, port = parse_hostport(text, what="--metrics address")
-        except EndpointSyntaxError as exc:
-            raise argparse.ArgumentTypeError(exc.reason) from None
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {port}")
-    return host, port
-
-
-def configure_logging(fmt=None, level="info", stream=None):
-    """Configure structlog for the command line: one event per line on ``stream``.
-
-    Warnings are rate-limited per event and endpoint (at most 5 a minute; the
-    next one says how many were held back), and a log stream that breaks (its
-    reader went away) never stops the forwarder.  JSON lines carry
-    ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` and ``logger``, for a
-    log shipper.
-
-    Args:
-        fmt: ``"console"`` or ``"json"``; None picks console on a terminal.
-        level: the least severe level logged.
-        stream: where logs go (default stderr, keeping stdout for data).
-
-    Returns:
-        The :class:`~greentap.logs.SafeStream` the lines go to.
-    """
-    import logging
-
-    from greentap.logs import RateLimitWarnings, SafeStream
-
-    stream = SafeStream(stream if stream is not None else sys.stderr)
-    if log_format(fmt, stream) == "json":
-        tail = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    else:
-        tail = [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            RateLimitWarnings(),
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _add_logger_name,
-            *tail,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        # One write per line (print() makes two): lines of --workers' processes
-        # sharing stderr never interleave.
-        logger_factory=structlog.WriteLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-    return stream
-
-
-def log_format(fmt, stream):
-    """The log rendering asked for, or by default console on a terminal, json otherwise."""
-    if fmt is not None:
-        return fmt
-    return "console" if stream.isatty() else "json"
-
-
-def _add_logger_name(logger, method_name, event_dict):
-    event_dict.setdefault("logger", PROG)
-    return event_dict
-
-
-def exit_status(exc):
-    """Map an error to the documented exit status."""
-    if isinstance(exc, (TapNameError, EndpointSyntaxError)):
-        return EXIT_USAGE
-    if isinstance(exc, PrivilegeDropFailed):
-        return EXIT_PERMISSION
-    if getattr(exc, "errno", None) in (errno.EPERM, errno.EACCES):
-        return EXIT_PERMISSION
-    if isinstance(exc, SetTapAttributes):
-        return EXIT_BUSY
-    return EXIT_SYSTEM
-
-
-def fail(message, status):
+def fail(message: str, status: int) -> int:
     """Print one error line on stderr and return ``status``."""
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return status
 
 
-def log_stats(log, clock=time.monotonic):
-    """Return a callback that logs one line of counters and rates per endpoint.
-
-    Rates (``rx_pps``, ``tx_pps``, ``rx_bps``, ``tx_bps``) are over the time
-    since the previous report.
-    """
-    previous = {}
-
-    def report(forwarder):
-        now = clock()
-        stats = forwarder.stats()
-        for index, port in enumerate(stats["ports"]):
-            rates = {}
-            last = previous.get(index)
-            if last is not None and now > last[0]:
-                dt = now - last[0]
-                for side in ("rx", "tx"):
-                    packets = port[f"{side}_packets"] - last[1][f"{side}_packets"]
-                    octets = port[f"{side}_bytes"] - last[1][f"{side}_bytes"]
-                    rates[f"{side}_pps"] = round(packets / dt, 1)
-                    rates[f"{side}_bps"] = round(octets * 8 / dt)
-            previous[index] = (now, port)
-            log.info("stats", **port, **rates)
-        if stats["switch"] is not None:
-            log.info("switch_stats", **stats["switch"]["mac_table"], runts=stats["switch"]["runts"])
-
-    return report
-
-
-def serve_metrics(forwarder, address, log):
-    """Serve the forwarder's Prometheus metrics on ``address``.
-
-    Raises:
-        EndpointUnavailable: the address cannot be bound.
-    """
-    from greentap.metrics import make_wsgi_app
-
-    try:
-        host, port = forwarder.serve_wsgi(make_wsgi_app(forwarder), address)
-    except OSError as exc:
-        where = "{}:{}".format(*address)
-        raise EndpointUnavailable.from_errno(
-            None, exc.errno, f"cannot serve --metrics on {where}"
-        ) from exc
-    log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
-
-
-def run(args):
-    """Open the endpoints and forward until a signal; return the exit status."""
-    from greentap.forwarder import Forwarder
-    from greentap.ports import open_ports
-
-    if args.group is not None and args.user is None:
-        raise EndpointSyntaxError(None, "--group needs --user")
-    log = structlog.get_logger(PROG)
-    specs = [parse_endpoint(text) for text in args.endpoints]
-    carriers = {spec.kind for spec in specs if spec.kind != "pcap"}
-    if args.offload == "on" and carriers != {"tap"}:
-        raise EndpointSyntaxError(
-            None, "--offload on needs every forwarding endpoint to be a TAP "
-            "(fd:, VXLAN and UDP endpoints carry plain frames)",
-        )  # fmt: skip
-    offload = args.offload == "on" or (args.offload == "auto" and carriers == {"tap"})
-    if args.workers > 1:
-        if {spec.kind for spec in specs} != {"tap"}:
-            raise EndpointSyntaxError(
-                None, "--workers needs every endpoint to be a TAP (tap:NAME or NAME): "
-                "tunnels, captures and fd: endpoints cannot be split into queues",
-            )  # fmt: skip
-        return run_workers(args, specs, offload, log)
-    if args.worker_index is not None:
-        log = log.bind(worker=args.worker_index)
-    ports = open_ports(specs, mtu=args.mtu, logger=log, offload=offload)
-    for port in ports:
-        log.info("endpoint_opened", **port.describe())
-    forwarder = Forwarder(
-        ports,
-        aging=args.aging,
-        max_entries=args.max_macs,
-        logger=log,
-        keep_warm=args.keep_warm / 1000,
-    )
-    final_report = None
-    try:
-        forwarder.handle_signals()
-        if args.metrics:
-            serve_metrics(forwarder, args.metrics, log)
-        if args.report_fd is not None:  # a worker of --workers; before the drop: it imports
-            from greentap.workers import report_to
-
-            final_report = report_to(forwarder, args.report_fd)
-        if args.user is not None:
-            from greentap.privileges import drop_privileges
-
-            uid, gid = drop_privileges(args.user, args.group)
-            log.info("privileges_dropped", user=args.user, uid=uid, gid=gid)
-    except BaseException:
-        forwarder.stop()  # fail closed: close everything opened, forward nothing
-        raise
-    report = log_stats(log)
-    if args.stats:
-        forwarder.every(args.stats, report)
-    try:
-        forwarder.serve_forever()
-    finally:
-        forwarder.stop()
-        if final_report is not None:
-            final_report()
-        report(forwarder)
-        log.info("stopped")
-    return EXIT_OK
-
-
-def run_workers(args, specs, offload, log):
-    """``--workers N``: supervise N forwarder processes over multi-queue TAPs."""
-    from greentap.workers import Supervisor
-
-    worker_args = ["--log-format", log_format(args.log_format, sys.stderr),
-                   "--log-level", args.log_level,
-                   "--aging", repr(args.aging), "--max-macs", str(args.max_macs),
-                   "--keep-warm", repr(args.keep_warm)]  # fmt: skip
-    if args.user is not None:
-        worker_args += ["--user", args.user]
-        if args.group is not None:
-            worker_args += ["--group", args.group]
-    supervisor = Supervisor(
-        specs, args.workers, worker_args=worker_args, mtu=args.mtu, offload=offload, log=log
-    )
-    report = log_stats(log)
-    try:
-        for info in supervisor.describe():
-            log.info("endpoint_opened", **info)
-        supervisor.handle_signals()
-        if args.metrics:
-            serve_metrics(supervisor, args.metrics, log)
-        if args.user is not None:
-            # Workers, which read every frame, drop to --user before the first;
-            # the supervisor keeps root to start them again.
-            log.info(
-                "privileges_kept", reason="the supervisor restarts workers", workers_as=args.user
-            )
-        if args.stats:
-            supervisor.every(args.stats, report)
-        log.info(
-            "forwarding",
-            mode="wire" if len(specs) == 2 else "switch",
-            endpoints=[q[0].name for q in supervisor.queues],
-            workers=args.workers,
-        )
-        status = supervisor.serve_forever()
-    finally:
-        supervisor.close()
-    report(supervisor)
-    log.info("stopped")
-    return status
-
-
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tap-forward``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.group is not None and args.user is None:
+        parser.error("--group needs --user")
+    if args.demo and args.endpoints:
+        parser.error("--demo takes no endpoints")
     configure_logging(args.log_format, args.log_level)
+    options = startup.Options(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(startup.Options)}
+    )
     try:
         if args.demo:
-            if args.endpoints:
-                return fail("--demo takes no endpoints", EXIT_USAGE)
-            from greentap.demo import run_demo
-
             return run_demo()
-        if len(args.endpoints) < 2:
-            return fail(
-                f"need at least two endpoints, got {len(args.endpoints)} (see --help)", EXIT_USAGE
-            )
-        return run(args)
-    except TapError as exc:
-        return fail(f"{type(exc).__name__}: {exc}", exit_status(exc))
+        return startup.run(options, structlog.get_logger(PROG))
+    except GreentapError as exc:
+        kind = "" if type(exc) is UsageError else f"{type(exc).__name__}: "
+        return fail(f"{kind}{exc}", exit_status(exc))
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # one line, never a traceback; details at debug level

@@ -1,196 +1,328 @@
-"""Every exception greentap raises, under one base class.
+"""Every exception greentap raises, under one base class, named for whose fault it was.
 
-Each error is named for whose fault it was and carries the interface name
-(``ifname``) and, where the kernel refused something, the ``errno``.  Its text
-reads ``<ifname>: <what happened> (<what to do>)``, e.g.::
+:class:`GreentapError` is the base.  Below it, three families say who has to act:
+
+* :class:`UsageError` (also a :class:`ValueError`): **the caller's input** was
+  wrong — a bad interface name or endpoint, an option out of range, a runt
+  frame, an fd that is not a TAP.  Fix the input; retrying will not help.
+* :class:`SystemRefused` (also an :class:`OSError`): **the system refused** or
+  failed — a missing privilege or driver, a busy device, an address in use, an
+  interface deleted under an open fd, an I/O error.  Fix the environment.
+* :class:`PeerError`: **the peer** went away or sent what cannot be carried.
+
+and :class:`EndpointClosed`, which is nobody's fault: this program closed the
+endpoint (possibly from another greenlet while a reader waited on it).
+
+Every error carries the ``endpoint`` it is about (an interface name, an
+endpoint description, or None) and, where the kernel was asked, its
+``errno``.  Its text reads ``<endpoint>: <what happened> (<what to do>)``::
 
     OpenTunFailed: tap0: Operation not permitted (needs CAP_NET_ADMIN)
 
-The kernel-facing errors also derive from :class:`OSError`, and the caller's
-mistakes (bad names, runt frames) from :class:`ValueError`, so code that
-already catches those keeps working.
+The names of earlier releases stay importable: ``TapError``, ``TapClosed``,
+``TapVanished``, ``TapIOError``, ``TapNameError`` and ``InvalidTapName`` are
+aliases of their generic successors.
 """
+
+from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import Any
+
+__all__ = [
+    "EndpointClosed",
+    "EndpointIOError",
+    "EndpointSyntaxError",
+    "EndpointUnavailable",
+    "EndpointVanished",
+    "FrameRejected",
+    "GreentapError",
+    "InterfaceNameError",
+    "InvalidInterfaceName",
+    "InvalidTapName",
+    "LinkConfigFailed",
+    "NamespaceUnavailable",
+    "NotATapDevice",
+    "OpenTunFailed",
+    "PeerError",
+    "PeerGone",
+    "PrivilegeDropFailed",
+    "SetTapAttributes",
+    "SystemRefused",
+    "TapClosed",
+    "TapError",
+    "TapIOError",
+    "TapNameConversion",
+    "TapNameError",
+    "TapNameTooLong",
+    "TapVanished",
+    "UnsupportedArchitecture",
+    "UsageError",
+    "io_error",
+]
 
 
-class TapError(Exception):
+class GreentapError(Exception):
     """Base class of every greentap error.
 
-    Attributes:
-        ifname: the interface (or endpoint) the error is about, or None.
+    Args:
+        reason: what happened, and what to do about it, without the endpoint.
+        endpoint: the interface or endpoint the error is about, or None.
         errno: the kernel's error number, or None if the kernel was not asked.
-        reason: the human-readable explanation, without the interface name.
+
+    Attributes:
+        endpoint: as given.
+        errno: as given.
+        reason: as given.
     """
 
-    def __init__(self, ifname, reason, errno=None):
-        # Exception.__init__ rather than super(): the OSError mixins below would
-        # otherwise reinterpret the arguments as (errno, strerror, filename).
-        Exception.__init__(self, ifname, reason, errno)
-        self.ifname = ifname
+    endpoint: str | bytes | None
+    reason: str
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = None,
+    ) -> None:
+        # Exception.__init__ rather than super(): OSError would read the
+        # arguments as (errno, strerror, filename).
+        Exception.__init__(self, reason)
         self.reason = reason
+        self.endpoint = endpoint
         self.errno = errno
         if isinstance(self, OSError) and errno is not None:
             self.strerror = os.strerror(errno)
 
-    def __reduce__(self):
-        return (self.__class__, (self.ifname, self.reason, self.errno))
+    @property
+    def ifname(self) -> str | bytes | None:
+        """The endpoint, under the name earlier releases gave it."""
+        return self.endpoint
 
-    def __str__(self):
-        if self.ifname is None:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.reason, self.endpoint, self.errno))
+
+    def __str__(self) -> str:
+        if self.endpoint is None:
             return self.reason
-        return f"{self._display_name()}: {self.reason}"
-
-    def _display_name(self):
-        name = self.ifname
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "backslashreplace")
-        return repr(name) if _needs_quoting(name) else name
+        return f"{_display(self.endpoint)}: {self.reason}"
 
     @classmethod
-    def from_errno(cls, ifname, errno, hint=None):
-        """Build the error from an errno, appending an actionable hint.
+    def from_errno(
+        cls, code: int, hint: str | None = None, *, endpoint: str | bytes | None = None
+    ) -> GreentapError:
+        """Build the error from an errno, with an actionable hint.
 
         Args:
-            ifname: interface name.
-            errno: the kernel's error number.
+            code: the kernel's error number.
             hint: what the user can do about it, or None.
+            endpoint: what the error is about.
 
         Returns:
             An instance of ``cls`` whose reason is ``strerror (hint)``.
         """
-        reason = os.strerror(errno)
+        reason = os.strerror(code)
         if hint:
             reason = f"{reason} ({hint})"
-        return cls(ifname, reason, errno)
+        return cls(reason, endpoint=endpoint, errno=code)
 
 
-def _needs_quoting(name):
-    return not name or any(c.isspace() or not c.isprintable() for c in name)
+def _rebuild(cls: type[GreentapError], reason: str, endpoint: Any, code: Any) -> GreentapError:
+    error = cls.__new__(cls)
+    GreentapError.__init__(error, reason, endpoint=endpoint, errno=code)
+    return error
 
 
-# --- the caller's fault: arguments ----------------------------------------
-class TapNameError(TapError, ValueError):
-    """The interface name cannot be a Linux interface name (the caller's fault)."""
+def _display(name: str | bytes) -> str:
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    if not name or any(c.isspace() or not c.isprintable() for c in name):
+        return repr(name)
+    return name
 
 
-class TapNameTooLong(TapNameError):
+# --- the caller's input ------------------------------------------------------
+class UsageError(GreentapError, ValueError):
+    """The caller's input is wrong: a name, an endpoint, an option, a frame."""
+
+
+class InterfaceNameError(UsageError):
+    """The interface name cannot be a Linux interface name."""
+
+
+class TapNameTooLong(InterfaceNameError):
     """The name is 16 bytes or more; Linux names are at most 15 bytes.
 
     Attributes:
         length: the name's length in bytes.
     """
 
-    def __init__(self, ifname, reason=None, errno=None):
-        self.length = len(ifname if isinstance(ifname, bytes) else os.fsencode(ifname))
+    def __init__(
+        self, reason: str | None = None, *, endpoint: str | bytes, errno: int | None = None
+    ) -> None:
+        self.length = len(endpoint if isinstance(endpoint, bytes) else os.fsencode(endpoint))
         if reason is None:
             reason = f"name is {self.length} bytes; Linux interface names are at most 15"
-        super().__init__(ifname, reason, errno)
+        super().__init__(reason, endpoint=endpoint, errno=errno)
 
 
-class TapNameConversion(TapNameError):
+class TapNameConversion(InterfaceNameError):
     """The name contains a NUL byte and cannot become a C string."""
 
-    def __init__(self, ifname, reason="name contains a NUL byte", errno=None):
-        super().__init__(ifname, reason, errno)
+    def __init__(
+        self,
+        reason: str = "name contains a NUL byte",
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(reason, endpoint=endpoint, errno=errno)
 
 
-class InvalidTapName(TapNameError):
-    """The name is empty, ``.``/``..``, or has ``/``, ``:`` or whitespace."""
+class InvalidInterfaceName(InterfaceNameError):
+    """The name is empty, ``.``/``..``, or has ``/``, ``:``, whitespace or a bad ``%``."""
 
 
-class EndpointSyntaxError(TapError, ValueError):
-    """An endpoint description (``tap:NAME``, ...) cannot be understood."""
+class EndpointSyntaxError(UsageError):
+    """An endpoint description (``tap:NAME``, ``vxlan://...``) or an option cannot be used."""
 
 
-class FrameRejected(TapError, ValueError):
-    """A frame cannot be sent: too short for the device (a runt) or refused as invalid."""
+class FrameRejected(UsageError):
+    """A frame cannot be sent: shorter than the device's header (a runt), or refused."""
 
 
-# --- the environment's fault: privileges, missing devices -------------------
-class OpenTunFailed(TapError, OSError):
+class NotATapDevice(UsageError):
+    """An fd handed to greentap (``fd:N``, ``Tap.from_fd``) is not an attached TUN/TAP fd."""
+
+
+# --- the system's refusal ----------------------------------------------------
+class SystemRefused(GreentapError, OSError):
+    """The system refused or failed: privileges, drivers, devices, addresses, I/O."""
+
+
+class OpenTunFailed(SystemRefused):
     """``/dev/net/tun`` cannot be opened or the device cannot be created:
-    missing driver or missing privilege."""
+    a missing driver or a missing privilege."""
 
 
-class SetTapAttributes(TapError, OSError):
-    """The kernel refused ``TUNSETIFF`` or another TUN setting: busy device,
-    type/flag mismatch with an existing device, or ownership."""
+class SetTapAttributes(SystemRefused):
+    """The kernel refused ``TUNSETIFF`` or another TUN setting: a busy device,
+    a type or flag mismatch with an existing device, ownership."""
 
 
-class NotATapDevice(SetTapAttributes):
-    """A file descriptor given to :meth:`Tap.from_fd` is not an attached TUN/TAP fd."""
-
-
-class EndpointUnavailable(TapError, OSError):
+class EndpointUnavailable(SystemRefused):
     """A socket or file behind an endpoint cannot be set up: an address in use
     or unresolvable, a file that cannot be created."""
 
 
-class LinkConfigFailed(TapError, OSError):
+class LinkConfigFailed(SystemRefused):
     """A link setting (up/down, MTU, MAC, queue length) was refused."""
 
 
-class NamespaceUnavailable(TapError, OSError):
-    """A network namespace could not be entered."""
+class NamespaceUnavailable(SystemRefused):
+    """A network namespace cannot be entered."""
 
 
-class PrivilegeDropFailed(TapError, OSError):
+class PrivilegeDropFailed(SystemRefused):
     """Dropping root (``--user``/``--group``) failed or could not be verified."""
 
 
-class UnsupportedArchitecture(TapError):
-    """greentap does not know this architecture's ioctl encoding."""
-
-    def __init__(self, ifname, reason=None, errno=None):
-        if reason is None:
-            reason = (
-                "unknown ioctl encoding for this architecture; "
-                "add it to greentap.kernel_constants.IOC_ENCODINGS"
-            )
-        super().__init__(ifname, reason, errno)
-
-
-# --- runtime: the device or its use ----------------------------------------
-class TapClosed(TapError):
-    """The device was closed (possibly by another greenlet while this one waited)."""
-
-    def __init__(self, ifname, reason="device is closed", errno=_errno.EBADF):
-        super().__init__(ifname, reason, errno)
-
-
-class TapVanished(TapError, OSError):
+class EndpointVanished(SystemRefused):
     """The interface behind an open fd was deleted (or its namespace went away)."""
 
-    def __init__(self, ifname, reason=None, errno=_errno.EBADFD):
-        if reason is None:
-            reason = "interface was deleted while open (EBADFD); reopen or recreate it"
-        super().__init__(ifname, reason, errno)
+    def __init__(
+        self,
+        reason: str = "interface was deleted while open (EBADFD); reopen or recreate it",
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = _errno.EBADFD,
+    ) -> None:
+        super().__init__(reason, endpoint=endpoint, errno=errno)
 
 
-class TapIOError(TapError, OSError):
-    """Any other read or write failure on the device."""
+class EndpointIOError(SystemRefused):
+    """Any other read or write failure on an endpoint."""
 
 
-def io_error(ifname, exc, operation):
+# --- the peer -----------------------------------------------------------------
+class PeerError(GreentapError):
+    """The other side of an endpoint went away or sent what cannot be carried."""
+
+
+class PeerGone(PeerError):
+    """The other side of an fd is gone: a read returned end of file."""
+
+    def __init__(
+        self,
+        reason: str = "end of file: the other side of the fd is gone",
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(reason, endpoint=endpoint, errno=errno)
+
+
+# --- nobody's fault -------------------------------------------------------------
+class EndpointClosed(GreentapError):
+    """This program closed the endpoint (possibly while another greenlet waited on it)."""
+
+    def __init__(
+        self,
+        reason: str = "endpoint is closed",
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = _errno.EBADF,
+    ) -> None:
+        super().__init__(reason, endpoint=endpoint, errno=errno)
+
+
+class UnsupportedArchitecture(GreentapError):
+    """greentap does not know this architecture's ioctl encoding (greentap's gap)."""
+
+    def __init__(
+        self,
+        reason: str = (
+            "unknown ioctl encoding for this architecture; "
+            "add it to greentap.core.kernel_constants.IOC_ENCODINGS"
+        ),
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(reason, endpoint=endpoint, errno=errno)
+
+
+# --- the names of earlier releases -------------------------------------------
+TapError = GreentapError
+TapNameError = InterfaceNameError
+InvalidTapName = InvalidInterfaceName
+TapClosed = EndpointClosed
+TapVanished = EndpointVanished
+TapIOError = EndpointIOError
+
+
+def io_error(endpoint: str | bytes | None, exc: OSError, operation: str) -> GreentapError:
     """Translate an ``OSError`` from a frame read or write into a greentap error.
 
-    This is the one place where I/O errors enter the library.
+    The one place where read and write failures become exceptions.
 
     Args:
-        ifname: the interface name.
-        exc: the ``OSError`` raised by ``os.read``/``os.write``.
+        endpoint: what was read or written.
+        exc: the ``OSError`` raised by the read or write.
         operation: ``"read"`` or ``"write"``, for the message.
 
     Returns:
-        The :class:`TapError` to raise (``raise io_error(...) from exc``).
+        The error to raise (``raise io_error(...) from exc``).
     """
     code = exc.errno
     if code == _errno.EBADFD:
-        return TapVanished(ifname)
+        return EndpointVanished(endpoint=endpoint)
     if code == _errno.EBADF:
-        return TapClosed(ifname, "file descriptor was closed underneath greentap")
+        return EndpointClosed("file descriptor was closed underneath greentap", endpoint=endpoint)
     if code == _errno.EINVAL and operation == "write":
-        return FrameRejected.from_errno(ifname, code, "the kernel refused the frame")
-    return TapIOError.from_errno(ifname, code, f"{operation} failed")
+        return FrameRejected.from_errno(code, "the kernel refused the frame", endpoint=endpoint)
+    if code is None:
+        return EndpointIOError(f"{operation} failed: {exc}", endpoint=endpoint)
+    return EndpointIOError.from_errno(code, f"{operation} failed", endpoint=endpoint)

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from greentap.device import Tap
+from greentap.green.polled import Tap
 
 
 def open_fds():

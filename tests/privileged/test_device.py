@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 import greentap
+from greentap.core import kernel_constants as kc
 from tests.privileged.conftest import capless_python, unique
 
 
@@ -103,13 +104,26 @@ def test_exclusive_refuses_to_attach(netns, open_tap):
 
 
 def test_multi_queue_opens_several_queues(netns, open_tap):
-    """multi_queue=True attaches several fds to one device; a single-queue open is refused."""
+    """multi_queue=True attaches several fds to one device; multi_queue=False is refused."""
     q0 = open_tap(multi_queue=True)
     q1 = open_tap(q0.name, multi_queue=True)
     assert q1.name == q0.name and q1.fileno() != q0.fileno()
     assert netns.link(q0.name)["linkinfo"]["info_data"]["multi_queue"] is True
-    with pytest.raises(greentap.SetTapAttributes):
-        open_tap(q0.name)
+    with pytest.raises(greentap.SetTapAttributes, match="multi_queue difference"):
+        open_tap(q0.name, multi_queue=False)
+
+
+@pytest.mark.parametrize("made", ["multi_queue", "single"])
+def test_default_attaches_as_the_device_was_made(netns, open_tap, made):
+    """Without multi_queue=, an existing persistent device is attached as it was made."""
+    name = unique()
+    extra = ("multi_queue",) if made == "multi_queue" else ()
+    netns.ip("tuntap", "add", "dev", name, "mode", "tap", *extra)
+    tap = open_tap(name)
+    assert tap.created is False
+    assert bool(tap.flags & kc.IFF_MULTI_QUEUE) == (made == "multi_queue")
+    with pytest.raises(greentap.SetTapAttributes, match="multi_queue difference"):
+        open_tap(name, multi_queue=made != "multi_queue")  # the other mode, asked for
 
 
 def test_link_settings_round_trip(netns, open_tap):

@@ -11,7 +11,7 @@ import gevent.event
 import pytest
 
 import greentap
-from greentap.polled import DEFAULT_BUDGET
+from greentap.green.fdio import DEFAULT_BUDGET
 from tests import frames
 from tests.privileged.conftest import unique
 

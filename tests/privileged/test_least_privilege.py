@@ -9,7 +9,7 @@ import time
 
 import greentap
 from greentap import cli
-from greentap.privileges import read_status
+from greentap.app.privileges import read_status
 from tests.privileged.conftest import capless_python, python_env, unique
 from tests.privileged.topology import TapForward, hosts
 

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 
-from greentap import pcap
+from greentap.core import pcap
 from tests.privileged.conftest import python_env
 from tests.privileged.topology import SCRIPT, TapForward, hosts
 

@@ -10,8 +10,8 @@ import pytest
 
 import greentap
 from greentap import cli
-from greentap.forwarder import Forwarder
-from greentap.ports import TapPort
+from greentap.app.forwarder import Forwarder
+from greentap.ports.tap import TapPort
 from tests.privileged.conftest import capless_python, python_env, unique
 from tests.privileged.topology import SCRIPT, gevent_wait, hosts, iperf3
 
@@ -140,7 +140,7 @@ def test_deleting_a_tap_under_traffic_does_not_crash(make_netns, forwarders):
         time.sleep(0.3)
         c.ns.ip("link", "del", c.tap)
         failed = tf.wait_for("endpoint_failed", endpoint=c.tap)
-        assert failed["error_type"] == "TapVanished"
+        assert failed["error_type"] == "EndpointVanished"
         assert tf.proc.poll() is None
     finally:
         flood.kill()

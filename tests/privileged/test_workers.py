@@ -5,7 +5,13 @@ import os
 import signal
 import time
 
-from tests.privileged.conftest import sh
+import gevent
+import structlog
+import structlog.testing
+
+from greentap.app.supervisor import Supervisor
+from greentap.core.endpoints import parse_endpoint
+from tests.privileged.conftest import python_env, sh
 from tests.privileged.topology import hosts, iperf3
 
 
@@ -65,16 +71,37 @@ def wait_restart(tf):
     raise AssertionError("worker 0 was not restarted:\n" + tf.log_path.read_text())
 
 
-def test_workers_that_cannot_start_stop_the_supervisor(make_netns, forwarders):
-    """--workers 2 --user nosuchuser: the workers fail closed (status 3) before
-    forwarding anything; the supervisor does not restart them in a loop but exits 3
-    and removes the TAPs it created."""
+def test_an_unknown_user_is_refused_before_anything_opens(make_netns, forwarders):
+    """--workers 2 --user nosuchuser: refused (status 3, one line) before any TAP is
+    opened or any worker started."""
     a, b = hosts(make_netns, 2)
     tf = forwarders(
         "--stats", "0", "--workers", "2", "--user", "nosuchuser", a.endpoint, b.endpoint
     )
     assert tf.proc.wait(timeout=30) == 3
-    assert tf.count("worker_failed_to_start") >= 1
+    assert "no such user: 'nosuchuser'" in tf.log_path.read_text().strip().splitlines()[-1]
+    assert tf.count("endpoint_opened") == 0 and tf.count("worker_started") == 0
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(make_netns, monkeypatch):
+    """Workers that fail closed at start (told to become a user that does not exist)
+    exit 3 before forwarding anything; the supervisor does not restart them in a
+    loop but returns 3 and removes the TAPs it created."""
+    monkeypatch.setenv("PYTHONPATH", python_env()["PYTHONPATH"])
+    a, b = hosts(make_netns, 2)
+    capture = structlog.testing.LogCapture()
+    specs = [parse_endpoint(h.endpoint) for h in (a, b)]
+    supervisor = Supervisor(
+        specs, 2, worker_config={"user": "nosuchuser", "log_format": "json"},
+        logger=structlog.wrap_logger(None, processors=[capture]),
+    )  # fmt: skip
+    assert numqueues(a) == 2
+    with gevent.Timeout(30):
+        assert supervisor.serve_forever() == 3
+    failed = [e for e in capture.entries if e["event"] == "worker_failed_to_start"]
+    assert failed and all(e["status"] == 3 for e in failed)
+    started = [e for e in capture.entries if e["event"] == "worker_started"]
+    assert len(started) <= 2  # never restarted
     assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
 
 
@@ -119,7 +146,7 @@ def running(pid):
 def test_workers_drop_to_the_user_and_the_supervisor_keeps_root(make_netns, forwarders):
     """--workers 2 --user nobody: each worker runs as uid 65534 with no capability
     and still forwards; the supervisor, which reads no frame, stays root."""
-    from greentap.privileges import read_status
+    from greentap.app.privileges import read_status
 
     a, b = hosts(make_netns, 2)
     tf = forwarders("--stats", "0", "--workers", "2", "--user", "nobody", a.endpoint, b.endpoint)

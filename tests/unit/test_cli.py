@@ -9,13 +9,14 @@ import pytest
 
 import greentap
 from greentap import cli
+from greentap.green import relay
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "tap-forward")
 
 
-def tap_forward(*args):
+def tap_forward(*args, env=None):
     """Run scripts/tap-forward with the greentap under test."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **(env or {})}
     return subprocess.run(
         [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=30, env=env
     )
@@ -29,17 +30,17 @@ def tap_forward(*args):
         (("foo:x", "tap1"), cli.EXIT_USAGE, "unknown endpoint type 'foo'"),
         (("a" * 16, "tap1"), cli.EXIT_USAGE, "TapNameTooLong"),
         (("tap:a b", "tap1"), cli.EXIT_USAGE, "whitespace"),
-        (("--mtu", "10", "a", "b"), cli.EXIT_USAGE, "between 68 and 65535"),
+        (("--mtu", "10", "a", "b"), cli.EXIT_USAGE, "expected a whole number from 68 to 65535"),
         (("--bogus",), cli.EXIT_USAGE, "unrecognized arguments"),
         (("--demo", "tap0"), cli.EXIT_USAGE, "--demo takes no endpoints"),
-        (("--workers", "0", "a", "b"), cli.EXIT_USAGE, "between 1 and 256"),
+        (("--workers", "0", "a", "b"), cli.EXIT_USAGE, "expected a whole number from 1 to 256"),
         (
             ("--workers", "2", "a", "udp://127.0.0.1:9?local=127.0.0.1:0"),
             cli.EXIT_USAGE,
             "--workers needs every endpoint to be a TAP",
         ),
         (("--workers", "2", "a", "b", "pcap:-"), cli.EXIT_USAGE, "--workers needs every"),
-        (("tap0?rate=0", "tap1"), cli.EXIT_USAGE, "expected frames per second > 0"),
+        (("tap0?rate=0", "tap1"), cli.EXIT_USAGE, "rate '0': expected a number above 0"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(args, status, message):
@@ -61,21 +62,30 @@ def test_help_shows_examples_and_exit_statuses():
         assert text in out.stdout
 
 
-def test_version():
-    """--version prints the package version."""
+def test_version_says_which_relay_loop_runs():
+    """--version prints the package version, then which relay loop runs (and why not C)."""
     out = tap_forward("--version")
     assert out.returncode == 0
-    assert out.stdout.strip() == f"tap-forward {greentap.__version__}"
+    first, second = out.stdout.strip().splitlines()
+    assert first == f"tap-forward {greentap.__version__}"
+    assert second == (
+        "relay loop: C" if relay.LOOP == "c" else f"relay loop: pure Python ({relay.LOOP_REASON})"
+    )
+    pure = tap_forward("--version", env={"GREENTAP_PURE_PYTHON": "1"})
+    assert pure.stdout.strip().splitlines()[1] == (
+        "relay loop: pure Python (GREENTAP_PURE_PYTHON is set)"
+    )
 
 
 def test_exit_status_mapping():
     """Errors map onto statuses by whose fault they were."""
     import errno
 
-    assert cli.exit_status(greentap.OpenTunFailed.from_errno("t", errno.EPERM)) == 3
-    assert cli.exit_status(greentap.SetTapAttributes.from_errno("t", errno.EBUSY)) == 4
-    assert cli.exit_status(greentap.OpenTunFailed.from_errno("t", errno.ENOENT)) == 5
-    assert cli.exit_status(greentap.TapNameTooLong("x" * 20)) == 2
+    assert cli.exit_status(greentap.OpenTunFailed.from_errno(errno.EPERM, endpoint="t")) == 3
+    assert cli.exit_status(greentap.SetTapAttributes.from_errno(errno.EBUSY, endpoint="t")) == 4
+    assert cli.exit_status(greentap.OpenTunFailed.from_errno(errno.ENOENT, endpoint="t")) == 5
+    assert cli.exit_status(greentap.TapNameTooLong(endpoint="x" * 20)) == 2
+    assert cli.exit_status(greentap.NotATapDevice("fd 987: not open")) == 2
 
 
 def test_installed_command_exists():
@@ -84,4 +94,16 @@ def test_installed_command_exists():
     if installed is None:
         pytest.skip("greentap is not installed in this interpreter's environment")
     out = subprocess.run([installed, "--version"], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == f"tap-forward {greentap.__version__}"
+    assert out.stdout.splitlines()[0] == f"tap-forward {greentap.__version__}"
+
+
+def test_python_dash_m_greentap_is_tap_forward():
+    """`python -m greentap` is the same command as tap-forward."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    for args, status, text in ((["--version"], 0, "tap-forward "), (["tap0"], 2, "at least two")):
+        out = subprocess.run(
+            [sys.executable, "-m", "greentap", *args],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert out.returncode == status
+        assert text in out.stdout + out.stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from greentap.endpoints import parse_endpoint
+from greentap.core.endpoints import parse_endpoint
 from greentap.errors import EndpointSyntaxError, TapNameTooLong
 
 
@@ -26,11 +26,11 @@ def test_tap_scheme_with_namespace():
         ("tap:x?mtu=9000", "unknown option 'mtu'"),
         ("tap:x?netns=a&netns=b", "given twice"),
         ("tap:x?garbage", "unknown option 'garbage'"),
-        ("tap:x?rate=0", "expected frames per second > 0"),
-        ("tap:x?rate=-5", "expected frames per second > 0"),
-        ("tap:x?rate=fast", "expected frames per second > 0"),
-        ("tap:x?rate=inf", "expected frames per second > 0"),
-        ("tap:x?rate=10&burst=0.5", "expected a number of frames >= 1"),
+        ("tap:x?rate=0", "rate '0': expected a number above 0 to 1e"),
+        ("tap:x?rate=-5", "rate '-5': expected a number above 0"),
+        ("tap:x?rate=fast", "rate 'fast': expected a number above 0"),
+        ("tap:x?rate=inf", "rate 'inf': expected a number above 0"),
+        ("tap:x?rate=10&burst=0.5", "burst '0.5': expected a number from 1 to"),
         ("tap:x?burst=10", "burst= needs rate="),
         ("pcap:/tmp/x?rate=10", "unknown option 'rate'"),
         ("fd:3?netns=x", "unknown option 'netns'"),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from greentap.ethernet import format_mac, is_multicast, parse_mac
+from greentap.core.ethernet import format_mac, is_multicast, parse_mac
 
 
 def test_mac_round_trip():

@@ -8,11 +8,11 @@ import pytest
 import structlog
 import structlog.testing
 
-from greentap import polled
-from greentap.device import Tap
-from greentap.forwarder import Forwarder
-from greentap.ports import FramePort
-from greentap.ratelimit import TokenBucket
+from greentap.app.forwarder import Forwarder
+from greentap.core.ratelimit import TokenBucket
+from greentap.green import relay
+from greentap.green.polled import Tap
+from greentap.ports.base import FramePort
 
 A, B, C = (bytes.fromhex(f"02000000000{i}") for i in (1, 2, 3))
 BCAST = b"\xff" * 6
@@ -63,11 +63,11 @@ class Rig:
 def relay_loop(request, monkeypatch):
     """Every test here runs with the C relay loop (when built) and the Python one."""
     if request.param == "python":
-        monkeypatch.setattr(polled, "_relay_batch", None)
-    elif polled._relay_batch is None:
+        monkeypatch.setattr(relay, "_relay_batch", None)
+    elif relay._relay_batch is None:
         if os.environ.get("CI"):
-            pytest.fail("greentap._relay was not built (CI builds it)")
-        pytest.skip("greentap._relay was not built")
+            pytest.fail(f"the C relay loop is missing in CI: {relay.LOOP_REASON}")
+        pytest.skip(f"the C relay loop is missing: {relay.LOOP_REASON}")
     return request.param
 
 
@@ -173,7 +173,7 @@ def test_stop_ends_every_greenlet_promptly(rig):
     gevent.sleep(0.01)
     with gevent.Timeout(1, AssertionError("stop() took more than a second")):
         r.fwd.stop()
-    assert all(g.dead for g in r.fwd._greenlets)
+    assert all(g.dead for g in r.fwd._pumps + r.fwd._helpers)
     assert all(p.polled.closed for p in r.ports)
     r.fwd.stop()
 

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from greentap import ifreq
-from greentap import kernel_constants as kc
+from greentap.core import ifreq
+from greentap.core import kernel_constants as kc
 from greentap.errors import UnsupportedArchitecture
 
 

@@ -8,8 +8,7 @@ import json
 import pytest
 import structlog
 
-from greentap.cli import configure_logging
-from greentap.logs import RateLimitWarnings, SafeStream
+from greentap.app.logs import RateLimitWarnings, SafeStream, configure_logging
 
 
 class Clock:

@@ -7,11 +7,11 @@ import prometheus_client
 import structlog
 import structlog.testing
 
-from greentap.cli import log_stats
-from greentap.device import Tap
-from greentap.forwarder import Forwarder
-from greentap.metrics import make_registry
-from greentap.ports import FramePort
+from greentap.app.forwarder import Forwarder
+from greentap.app.metrics import make_registry
+from greentap.app.stats import StatsReporter
+from greentap.green.polled import Tap
+from greentap.ports.base import FramePort
 
 FRAME = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x08\x00" + bytes(46)
 
@@ -61,7 +61,8 @@ def test_stats_lines_carry_rates():
     fwd.start()
     capture = structlog.testing.LogCapture()
     times = iter([100.0, 102.0])
-    report = log_stats(structlog.wrap_logger(None, processors=[capture]), clock=lambda: next(times))
+    log = structlog.wrap_logger(None, processors=[capture])
+    report = StatsReporter(log, clock=lambda: next(times))
     report(fwd)
     for _ in range(10):
         peers[0].send(FRAME)

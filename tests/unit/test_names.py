@@ -2,8 +2,8 @@
 
 import pytest
 
+from greentap.core.names import decode_ifname, encode_ifname
 from greentap.errors import InvalidTapName, TapNameConversion, TapNameError, TapNameTooLong
-from greentap.names import decode_ifname, encode_ifname
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from greentap import pcap
+from greentap.core import pcap
 
 
 def test_global_header_layout():

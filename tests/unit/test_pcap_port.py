@@ -6,10 +6,10 @@ import stat
 import gevent
 import pytest
 
-from greentap import pcap
-from greentap.endpoints import parse_endpoint
+from greentap.core import pcap
+from greentap.core.endpoints import parse_endpoint
 from greentap.errors import EndpointSyntaxError, EndpointUnavailable
-from greentap.pcap_port import PcapPort
+from greentap.ports.pcap import PcapPort
 
 
 def frames(n, size=60):
@@ -126,7 +126,7 @@ def test_pcap_endpoint_syntax():
         ("pcap:x?keep=2", "needs rotate"),
         ("pcap:-?rotate=1M", "cannot rotate"),
         ("pcap:x?rotate=lots", "expected a size"),
-        ("pcap:x?snaplen=0", "expected N >= 1"),
+        ("pcap:x?snaplen=0", "expected a whole number from 1 to 262144"),
     ):
         with pytest.raises(EndpointSyntaxError, match=match):
             parse_endpoint(bad)

@@ -14,7 +14,7 @@ import gevent.event
 import pytest
 
 import greentap
-from greentap.device import Tap
+from greentap.green.polled import Tap
 from tests.conftest import open_fds
 
 FRAME = bytes(range(64))
@@ -267,7 +267,7 @@ def test_peer_gone_is_an_error_not_a_spin(seqpacket):
     """A 0-byte read (the fd's other side is gone) raises instead of looping forever."""
     tap, peer = seqpacket
     peer.close()
-    with pytest.raises(greentap.TapVanished, match="other side"):
+    with pytest.raises(greentap.PeerGone, match="other side"):
         tap.recv()
 
 

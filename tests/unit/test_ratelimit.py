@@ -2,7 +2,7 @@
 
 import pytest
 
-from greentap.ratelimit import EventLimiter, TokenBucket, default_burst
+from greentap.core.ratelimit import EventLimiter, TokenBucket, default_burst
 
 
 def test_bucket_passes_a_burst_then_the_rate():

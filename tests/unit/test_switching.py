@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from greentap.switching import LearningSwitch, MacTable
+from greentap.core.switching import LearningSwitch, MacTable
 
 A, B, C = (bytes.fromhex(f"02000000000{i}") for i in (1, 2, 3))
 BCAST = b"\xff" * 6

@@ -7,9 +7,9 @@ import socket
 import gevent
 import pytest
 
-from greentap import vxlan
+from greentap.core import vxlan
 from greentap.errors import EndpointUnavailable, TapClosed
-from greentap.tunnel_ports import UdpPort, VxlanPort
+from greentap.ports.tunnel import UdpPort, VxlanPort
 
 BCAST = b"\xff" * 6
 A, B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -183,7 +183,7 @@ def test_backpressure_drops_and_counts(closing, monkeypatch):
         def __getattr__(self, name):
             return getattr(self._sock, name)
 
-    monkeypatch.setattr(port, "_sock", Full(port._sock))
+    monkeypatch.setattr(port._io.holder, "handle", Full(port._io.holder.handle))
     assert port.send(frame(BCAST, A)) is False
     assert port.counters.tx_dropped == 1 and port.drops == {"tx_backpressure": 1}
 
@@ -224,4 +224,4 @@ def test_vxlan_over_ipv6(closing):
     assert r.recv(2000) == vxlan.encode(99, frame(BCAST, A))
     r.sendto(vxlan.encode(99, frame(A, B)), port.local)
     assert recv_frame(port) == frame(A, B)
-    assert port.describe()["local"].startswith("::1:")
+    assert port.describe()["local"].startswith("[::1]:")

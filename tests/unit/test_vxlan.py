@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from greentap import vxlan
+from greentap.core import vxlan
 
 FRAME = bytes.fromhex("ffffffffffff020000000001") + b"\x08\x06" + bytes(28)
 

@@ -1,6 +1,6 @@
 """How --workers adds up its workers' counters (pure data, no processes)."""
 
-from greentap.workers import _without_gauges, combine
+from greentap.app.supervisor import _without_gauges, combine
 
 
 def snapshot(rx, tx, drops=None, entries=None, failed=None):

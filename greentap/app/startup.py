@@ -1,0 +1,197 @@
+"""What ``tap-forward`` does once its arguments are understood: the start-up policy.
+
+:class:`Options` holds everything the command can be told (the command line
+fills it; a worker builds it from its supervisor's config).  :func:`run`
+checks it whole before anything opens, decides the offload and workers
+policy, opens the endpoints, and serves until a signal — one
+:class:`~greentap.app.forwarder.Forwarder`, or a
+:class:`~greentap.app.supervisor.Supervisor` of ``--workers`` processes,
+both through the same :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from greentap.app.exits import EXIT_OK
+from greentap.app.forwarder import Forwarder
+from greentap.app.metrics import serve_metrics
+from greentap.app.privileges import drop_privileges, resolve
+from greentap.app.service import Service
+from greentap.app.stats import StatsReporter
+from greentap.app.supervisor import Supervisor
+from greentap.core.endpoints import EndpointSpec, parse_endpoint
+from greentap.errors import UsageError
+from greentap.ports import open_ports
+
+__all__ = ["Options", "offload_policy", "run", "serve"]
+
+
+@dataclasses.dataclass
+class Options:
+    """Everything ``tap-forward`` can be told.
+
+    Attributes:
+        endpoints: the endpoint descriptions (two or more).
+        stats: seconds between two ``stats`` log lines; 0 turns them off.
+        log_format: ``"console"``, ``"json"`` or None (console on a terminal).
+        log_level: the least severe level logged.
+        mtu: the MTU to set on TAPs opened, or None.
+        offload: ``"auto"``, ``"on"`` or ``"off"`` (see :func:`offload_policy`).
+        metrics: ``(host, port)`` to serve Prometheus metrics on, or None.
+        user, group: drop root to these once the endpoints are open.
+        max_macs: bound of the MAC table.
+        aging: seconds before a learned MAC address is forgotten.
+        keep_warm: milliseconds between hub ticks while frames flow; 0 = off.
+        workers: forwarder processes over multi-queue TAPs.
+    """
+
+    endpoints: Sequence[str] = ()
+    stats: float = 10.0
+    log_format: str | None = None
+    log_level: str = "info"
+    mtu: int | None = None
+    offload: str = "auto"
+    metrics: tuple[str, int] | None = None
+    user: str | None = None
+    group: str | None = None
+    max_macs: int = 8192
+    aging: float = 300.0
+    keep_warm: float = 1.0
+    workers: int = 1
+
+
+def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
+    """Decide whether TAPs are opened with offloads.
+
+    ``auto`` turns them on when every endpoint that carries traffic is a TAP
+    (tunnels and ``fd:`` endpoints carry finished frames); ``on`` insists.
+
+    Raises:
+        UsageError: ``on`` with an endpoint that cannot carry super-frames.
+    """
+    carriers = {spec.kind for spec in specs if spec.kind != "pcap"}
+    if offload == "on" and carriers != {"tap"}:
+        raise UsageError(
+            "--offload on needs every forwarding endpoint to be a TAP "
+            "(fd:, VXLAN and UDP endpoints carry plain frames)"
+        )
+    return offload == "on" or (offload == "auto" and carriers == {"tap"})
+
+
+Attach = Callable[[Service], "Callable[[], None] | None"]
+
+
+def run(options: Options, log: Any, *, attach: Attach | None = None) -> int:
+    """Check the options, open the endpoints and forward until a signal.
+
+    Args:
+        options: what to do.
+        log: a structlog-style logger.
+        attach: called with the service once it is set up, before privileges
+            are dropped (it may still import or open); what it returns, if
+            anything, is called once the service has stopped.
+
+    Returns:
+        The exit status.
+
+    Raises:
+        GreentapError: bad input, or an endpoint that cannot be opened;
+            nothing is left open.
+    """
+    if len(options.endpoints) < 2:
+        raise UsageError(f"need at least two endpoints, got {len(options.endpoints)}")
+    if options.group is not None and options.user is None:
+        raise UsageError("--group needs --user")
+    specs = [parse_endpoint(text) for text in options.endpoints]
+    if options.user is not None:
+        resolve(options.user, options.group)  # an unknown user fails before anything opens
+    offload = offload_policy(specs, options.offload)
+    if options.workers > 1:
+        if {spec.kind for spec in specs} != {"tap"}:
+            raise UsageError(
+                "--workers needs every endpoint to be a TAP (tap:NAME or NAME): "
+                "tunnels, captures and fd: endpoints cannot be split into queues"
+            )
+        supervisor = _supervisor(options, specs, offload, log)
+        for info in supervisor.describe():
+            log.info("endpoint_opened", **info)
+        return serve(supervisor, options, log, drop=False)
+    ports = open_ports(specs, mtu=options.mtu, logger=log, offload=offload)
+    for port in ports:
+        log.info("endpoint_opened", **port.describe())
+    forwarder = Forwarder(
+        ports,
+        aging=options.aging,
+        max_entries=options.max_macs,
+        logger=log,
+        keep_warm=options.keep_warm / 1000,
+    )
+    return serve(forwarder, options, log, attach=attach)
+
+
+def _supervisor(
+    options: Options, specs: Sequence[EndpointSpec], offload: bool, log: Any
+) -> Supervisor:
+    config = {
+        "log_format": options.log_format, "log_level": options.log_level,
+        "aging": options.aging, "max_macs": options.max_macs, "keep_warm": options.keep_warm,
+        "user": options.user, "group": options.group,
+    }  # fmt: skip
+    return Supervisor(
+        specs, options.workers, worker_config=config, mtu=options.mtu, offload=offload, logger=log
+    )
+
+
+def serve(
+    service: Service,
+    options: Options,
+    log: Any,
+    *,
+    attach: Attach | None = None,
+    drop: bool = True,
+) -> int:
+    """Serve until a signal: signals, metrics, ``--user``, ``--stats``, final counters.
+
+    Args:
+        service: a forwarder or a supervisor, set up but not started.
+        options: for ``metrics``, ``user``/``group`` and ``stats``.
+        log: a structlog-style logger.
+        attach: see :func:`run`.
+        drop: drop privileges to ``options.user`` (False for the workers'
+            supervisor, which keeps root to restart them; the workers drop).
+
+    Returns:
+        The service's exit status.
+    """
+    after: Callable[[], None] | None = None
+    try:
+        service.handle_signals()
+        if options.metrics:
+            serve_metrics(service, options.metrics, log)
+        if attach is not None:
+            after = attach(service)
+        if options.user is not None and drop:
+            uid, gid = drop_privileges(options.user, options.group)
+            log.info("privileges_dropped", user=options.user, uid=uid, gid=gid)
+        elif options.user is not None:
+            log.info("privileges_kept", reason="the supervisor restarts workers",
+                     workers_as=options.user)  # fmt: skip
+    except BaseException:
+        service.stop()  # fail closed: close everything opened, forward nothing
+        raise
+    report = StatsReporter(log)
+    if options.stats:
+        service.every(options.stats, report)
+    status = EXIT_OK
+    try:
+        status = service.serve_forever()
+    finally:
+        service.stop()
+        if after is not None:
+            after()
+        report(service)
+        log.info("stopped")
+    return status

@@ -1,0 +1,198 @@
+"""The wire's hot path: frames from one fd to another, in batches.
+
+:func:`relay` moves every frame read from one :class:`PolledTap
+<greentap.green.polled.PolledTap>` to another: per frame one ``read`` and
+one ``write``, nothing else, in batches of at most ``budget`` frames.
+Between batches it yields to the hub; it waits on the read watcher only
+when the source has nothing more to read.  Counters are published after
+every batch.
+
+A batch runs in C (``greentap/green/_relay.c``) when the extension was built
+and no mirror needs the frames, otherwise in Python, where ``os.read`` into
+a fresh bytes object measured faster than ``readv`` into a reused buffer.
+Both classify a failed write through the same table
+(:mod:`greentap.core.verdicts`; the C loop is handed it when it loads).
+:data:`LOOP` says which loop runs and :data:`LOOP_REASON` why not C.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from greentap.core.verdicts import WRITE_VERDICTS, Verdict, table
+from greentap.errors import EndpointClosed, GreentapError, PeerGone, io_error
+
+if TYPE_CHECKING:
+    from greentap.green.polled import PolledTap
+
+__all__ = ["LOOP", "LOOP_REASON", "relay"]
+
+_relay_batch: Any = None
+LOOP_REASON: str | None = None
+if os.environ.get("GREENTAP_PURE_PYTHON"):
+    LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
+else:
+    try:
+        from greentap.green import _relay as _c
+    except ImportError as exc:
+        LOOP_REASON = (
+            f"the C extension greentap.green._relay was not built ({exc}): "
+            "reinstall with a C compiler and the Python headers"
+        )
+    else:
+        if _c.VERDICTS == tuple(v.name for v in Verdict):
+            _c.set_verdicts(table())
+            _relay_batch = _c.relay_batch
+        else:  # pragma: no cover - a stale build
+            LOOP_REASON = "the C extension was built from another version: rebuild it"
+#: Which relay loop runs: ``"c"`` or ``"python"``.
+LOOP = "c" if _relay_batch is not None else "python"
+
+# How a C batch ended (greentap/green/_relay.c).
+_BUDGET, _WAIT, _EOF, _READ_ERROR, _WRITE_ERROR = range(5)
+
+Mirror = Callable[[Any], Any]
+
+
+def relay(
+    src: PolledTap,
+    dst: PolledTap,
+    on_send_error: Callable[[GreentapError], Any],
+    mirrors: tuple[Mirror, ...] = (),
+) -> None:
+    """Forward every frame read from ``src`` to ``dst`` until ``src`` closes.
+
+    Args:
+        src, dst: the devices.  Writes never block: a frame ``dst`` cannot
+            take is dropped and counted on ``dst``.
+        on_send_error: called with the error when a write to ``dst`` fails
+            for good (:attr:`~greentap.core.verdicts.Verdict.FAILED`); the
+            relay keeps reading, counting frames for a closed ``dst`` in its
+            ``tx_errors``.
+        mirrors: callables given every frame read (e.g. a pcap port's
+            ``send``); they must not block or raise.
+
+    Raises:
+        EndpointClosed: ``src`` was closed (the normal end).
+        EndpointVanished, PeerGone, EndpointIOError: ``src`` failed.
+    """
+    if _relay_batch is not None and not mirrors:
+        _relay_c(src, dst, on_send_error)
+    else:
+        _relay_python(src, dst, on_send_error, mirrors)
+
+
+def _relay_c(src: PolledTap, dst: PolledTap, on_send_error: Callable[..., Any]) -> None:
+    batch = _relay_batch
+    buf = bytearray(src.max_frame_size)
+    rx_c, tx_c = src.counters, dst.counters
+    src_io, dst_io = src.io, dst.io
+    budget, sleep = src_io.budget, gevent.sleep
+    while True:
+        # Re-read after every yield: either side may close meanwhile.
+        fd = src_io.holder.fd
+        if fd < 0:
+            raise EndpointClosed(endpoint=src.name)
+        end, code, *counts = batch(fd, dst_io.holder.fd, buf, budget)
+        _publish(rx_c, tx_c, *counts)
+        if end == _WAIT:
+            src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
+        elif end == _BUDGET:
+            sleep(0)  # the budget is spent: let the hub run
+        elif end == _WRITE_ERROR:
+            _failed(dst, OSError(code, os.strerror(code)), on_send_error)
+        elif end == _EOF:
+            raise PeerGone(endpoint=src.name)
+        else:
+            if src_io.closed:
+                raise EndpointClosed(endpoint=src.name)
+            raise io_error(src.name, OSError(code, os.strerror(code)), "read")
+
+
+def _failed(dst: PolledTap, exc: OSError, on_send_error: Callable[..., Any]) -> None:
+    error = io_error(dst.name, exc, "write")
+    if not isinstance(error, EndpointClosed):
+        dst.counters.tx_errors += 1  # EndpointClosed is counted by on_send_error
+    on_send_error(error)
+
+
+def _relay_python(
+    src: PolledTap,
+    dst: PolledTap,
+    on_send_error: Callable[..., Any],
+    mirrors: tuple[Mirror, ...],
+) -> None:
+    read, write, verdicts = os.read, os.write, WRITE_VERDICTS
+    size = src.max_frame_size
+    rx_c, tx_c = src.counters, dst.counters
+    src_io, dst_io = src.io, dst.io
+    budget, sleep = src_io.budget, gevent.sleep
+    backpressure, link_down_, failed = Verdict.BACKPRESSURE, Verdict.LINK_DOWN, Verdict.FAILED
+    while True:
+        fd, out = src_io.holder.fd, dst_io.holder.fd  # re-read after every yield
+        if fd < 0:
+            raise EndpointClosed(endpoint=src.name)
+        rx = rx_bytes = tx = tx_bytes = dropped = link_down = errors = 0
+        wait = False
+        try:
+            for _ in range(budget):
+                try:
+                    frame = read(fd, size)
+                except BlockingIOError:
+                    wait = True
+                    break
+                n = len(frame)
+                if not n:
+                    raise PeerGone(endpoint=src.name)
+                rx += 1
+                rx_bytes += n
+                if mirrors:
+                    for mirror in mirrors:
+                        mirror(frame)
+                if out < 0:
+                    errors += 1
+                    continue
+                try:
+                    write(out, frame)  # os.write retries EINTR itself (PEP 475)
+                except OSError as exc:
+                    verdict = verdicts.get(exc.errno, failed)
+                    if verdict is backpressure:
+                        dropped += 1
+                    elif verdict is link_down_:
+                        link_down += 1
+                    elif verdict is not failed:
+                        errors += 1  # this frame was refused; the next may pass
+                    else:
+                        out = -1  # the rest of this batch counts as errors
+                        _failed(dst, exc, on_send_error)
+                    continue
+                tx += 1
+                tx_bytes += n
+        except OSError as exc:
+            if src_io.closed:
+                raise EndpointClosed(endpoint=src.name) from exc
+            raise io_error(src.name, exc, "read") from exc
+        finally:
+            _publish(rx_c, tx_c, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors)
+        if wait:
+            src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
+        else:
+            sleep(0)  # the budget is spent: let the hub run
+
+
+def _publish(
+    rx_c: Any, tx_c: Any, rx: int, rx_bytes: int, tx: int, tx_bytes: int,
+    dropped: int, link_down: int, errors: int,
+) -> None:  # fmt: skip
+    """Add one batch's counts to the source's and destination's counters."""
+    rx_c.rx_packets += rx
+    rx_c.rx_bytes += rx_bytes
+    tx_c.tx_packets += tx
+    tx_c.tx_bytes += tx_bytes
+    tx_c.tx_dropped += dropped
+    tx_c.tx_link_down += link_down
+    tx_c.tx_errors += errors

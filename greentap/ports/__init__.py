@@ -1,0 +1,34 @@
+"""Ports: the endpoints a forwarder moves frames between.
+
+:class:`~greentap.ports.base.Port` is the protocol; the kinds are TAPs and
+inherited ``fd:N`` (:mod:`~greentap.ports.tap`), VXLAN and raw UDP tunnels
+(:mod:`~greentap.ports.tunnel`) and pcap mirrors (:mod:`~greentap.ports.pcap`).
+Each registers its opener with :mod:`~greentap.ports.registry`, which
+:func:`open_port` consults; importing this package registers them all.
+"""
+
+from greentap.ports import pcap, tap, tunnel
+from greentap.ports.base import FramePort, Port
+from greentap.ports.pcap import PcapPort
+from greentap.ports.registry import OpenOptions, kinds, open_port, open_ports, register
+from greentap.ports.tap import TapPort, put_back
+from greentap.ports.tunnel import DatagramPort, UdpPort, VxlanPort
+
+__all__ = [
+    "DatagramPort",
+    "FramePort",
+    "OpenOptions",
+    "PcapPort",
+    "Port",
+    "TapPort",
+    "UdpPort",
+    "VxlanPort",
+    "kinds",
+    "open_port",
+    "open_ports",
+    "pcap",
+    "put_back",
+    "register",
+    "tap",
+    "tunnel",
+]

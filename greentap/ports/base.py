@@ -1,0 +1,123 @@
+"""The port protocol: what the forwarder knows about an endpoint.
+
+Every port has the same shape: ``name``, ``kind``, ``counters``,
+``max_frame_size``, ``header_size``, ``readable``, ``recv_into(buffer)``,
+``send(frame) -> bool`` and ``close()``; and for a long run ``check()``
+(called every second or so: notice link changes, recover), ``fail()``,
+``reopen()`` (SIGHUP) and ``notify`` (how a port reports a state change).
+The forwarder knows nothing else about them, so UDP, VXLAN or pcap ports
+fit without changing it.
+"""
+
+from __future__ import annotations
+
+import collections
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from greentap.core.counters import DeviceCounters
+from greentap.core.ratelimit import TokenBucket
+from greentap.green.polled import PolledTap
+
+__all__ = ["FramePort", "Port"]
+
+
+def _ignore(event: str, level: str = "warning", **fields: Any) -> None:
+    pass
+
+
+class Port:
+    """The common shape of an endpoint.  Subclasses fill in the I/O.
+
+    Attributes:
+        name: what logs and counters call it.
+        kind: ``"tap"``, ``"vxlan"``, ...
+        counters: a :class:`~greentap.core.counters.DeviceCounters`.
+        max_frame_size: the buffer size :meth:`recv_into` needs.
+        header_size: bytes before the Ethernet header in each frame (vnet header).
+        readable: False for write-only ports.
+        drops: frames dropped, by reason (e.g. ``rx_wrong_vni``), for ports
+            that have reasons to tell.
+        policer: a :class:`~greentap.core.ratelimit.TokenBucket` limiting the
+            frames read from this port (``?rate=PPS``), or None.
+        recoverable: the port may come back after failing (see :meth:`check`).
+        notify: ``notify(event, level="warning", **fields)`` reports a state
+            change (link down, peer unreachable, ...); the forwarder sets it
+            to log once per change.
+    """
+
+    name: str
+    counters: DeviceCounters
+    max_frame_size: int
+    kind = "port"
+    readable = True
+    header_size = 0
+    drops: Mapping[str, int] = types.MappingProxyType({})  # ports that count drops replace it
+    policer: TokenBucket | None = None
+    recoverable = False
+    notify: Any = staticmethod(_ignore)
+
+    def check(self) -> bool:
+        """Look at the port's state and report changes through :attr:`notify`.
+
+        Returns:
+            True if a port that had failed works again (the forwarder then
+            puts it back), False otherwise.
+        """
+        return False
+
+    def fail(self) -> None:
+        """The port failed: release it.  Ports that can come back wait in :meth:`check`."""
+        self.close()
+
+    def reopen(self) -> None:
+        """Reopen what an operator may have moved away (SIGHUP): capture files."""
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:  # pragma: no cover - interface
+        """Read one frame into ``buffer`` and return its length, blocking this greenlet."""
+        raise NotImplementedError
+
+    def send(self, frame: bytes | bytearray | memoryview) -> bool:  # pragma: no cover
+        """Write one frame without blocking; return False if it was dropped."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        """Release the port; idempotent; wakes a greenlet blocked in recv_into."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Return a dict describing the port for logs."""
+        return {"endpoint": self.name, "kind": self.kind}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class FramePort(Port):
+    """A port over a :class:`~greentap.green.polled.PolledTap`: any fd that keeps
+    frame boundaries (a TAP, an adopted fd, a SEQPACKET socket in tests).
+
+    Args:
+        polled: the PolledTap; the port owns it.
+        kind: what to call this kind of port.
+    """
+
+    kind = "tap"
+
+    def __init__(self, polled: PolledTap, *, kind: str | None = None) -> None:
+        if kind is not None:
+            self.kind = kind
+        self.polled = polled
+        self.name = polled.name
+        self.counters = polled.counters
+        self.max_frame_size = polled.max_frame_size
+        self.header_size = polled.layout.header_size
+        # Bound once: these are called per frame.
+        self.recv_into = polled.recv_into  # type: ignore[method-assign]
+        self.send = polled.send  # type: ignore[method-assign]
+        self.drops: collections.Counter[str] = collections.Counter()  # rx_rate_limited
+
+    def close(self) -> None:
+        """Close the device; harmless if already closed."""
+        self.polled.close()
