@@ -33,7 +33,6 @@ from greentap.app.logs import PROG, configure_logging
 from greentap.core.endpoints import SYNTAX, parse_hostport
 from greentap.core.numbers import parse_decimal, parse_int
 from greentap.errors import GreentapError, UsageError
-from greentap.green import relay
 
 __all__ = [
     "EXIT_BUSY",
@@ -108,8 +107,7 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and relay loop")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
-        loop = "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
-        print(f"{PROG} {__version__}\nrelay loop: {loop}")
+        print(f"{PROG} {__version__}\nrelay loop: {startup.describe_relay_loop()}")
         parser.exit(EXIT_OK)
 
 

@@ -79,6 +79,8 @@ class GreentapError(Exception):
 
     endpoint: str | bytes | None
     reason: str
+    errno: int | None
+    strerror: str | None
 
     def __init__(
         self,
@@ -111,19 +113,19 @@ class GreentapError(Exception):
 
     @classmethod
     def from_errno(
-        cls, code: int, hint: str | None = None, *, endpoint: str | bytes | None = None
+        cls, code: int | None, hint: str | None = None, *, endpoint: str | bytes | None = None
     ) -> GreentapError:
         """Build the error from an errno, with an actionable hint.
 
         Args:
-            code: the kernel's error number.
+            code: the kernel's error number (None: not known).
             hint: what the user can do about it, or None.
             endpoint: what the error is about.
 
         Returns:
             An instance of ``cls`` whose reason is ``strerror (hint)``.
         """
-        reason = os.strerror(code)
+        reason = os.strerror(code) if code is not None else "error"
         if hint:
             reason = f"{reason} ({hint})"
         return cls(reason, endpoint=endpoint, errno=code)
@@ -323,6 +325,4 @@ def io_error(endpoint: str | bytes | None, exc: OSError, operation: str) -> Gree
         return EndpointClosed("file descriptor was closed underneath greentap", endpoint=endpoint)
     if code == _errno.EINVAL and operation == "write":
         return FrameRejected.from_errno(code, "the kernel refused the frame", endpoint=endpoint)
-    if code is None:
-        return EndpointIOError(f"{operation} failed: {exc}", endpoint=endpoint)
     return EndpointIOError.from_errno(code, f"{operation} failed", endpoint=endpoint)

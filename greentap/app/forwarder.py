@@ -23,17 +23,17 @@ runs it decides (``stop()``, a signal).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import gevent
 
 from greentap.app.logs import library_logger
+from greentap.app.pumps import admission, mirror_sends, switch, wire
 from greentap.app.service import Service
 from greentap.core.ethernet import format_mac
-from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
-from greentap.errors import EndpointClosed, FrameRejected, GreentapError
+from greentap.errors import EndpointClosed, GreentapError
 from greentap.green import relay
 from greentap.ports.base import FramePort, Port
 
@@ -232,95 +232,22 @@ class Forwarder(Service):
 
     # --- the per-port loops -----------------------------------------------
     def _pump(self, index: int) -> None:
+        port = self.ports[index]
+        admit = admission(port, self._hub.loop.now)
+        mirrors = mirror_sends(self.mirrors, self._header)
         try:
             if self.switch is None:
-                self._wire(index)
+                out = 1 - index
+                wire(port, self.ports[out], lambda exc: self._send_failed(out, exc), admit, mirrors)
             else:
-                self._switch(index)
+                switch(
+                    index, self.ports, self.switch, self._send_failed, admit, mirrors,
+                    self._header, self._hub.loop.now,
+                )  # fmt: skip
         except EndpointClosed:
             return  # stop() or a failure closed the port
         except GreentapError as exc:
             self._port_failed(index, exc)
-
-    def _wire(self, index: int) -> None:
-        out = 1 - index
-        src, dst = self.ports[index], self.ports[out]
-        mirrors = self._mirror_sends()
-        admit = self._admission(src)
-        if admit is None and isinstance(src, FramePort) and isinstance(dst, FramePort):
-            # Both are fd devices: the tight relay (two syscalls per frame).
-            src.polled.relay_to(dst.polled, lambda exc: self._send_failed(out, exc), mirrors)
-            return
-        recv_into, buf, view = self._reader(src)
-        send = dst.send
-        while True:
-            n = recv_into(buf)
-            if admit is not None and not admit():
-                continue
-            frame = view[:n]
-            for mirror in mirrors:
-                mirror(frame)
-            try:
-                send(frame)
-            except FrameRejected:
-                pass  # counted by the port
-            except GreentapError as exc:
-                self._send_failed(out, exc)
-
-    def _switch(self, index: int) -> None:
-        assert self.switch is not None
-        recv_into, buf, view = self._reader(self.ports[index])
-        decide = self.switch.decide
-        now = self._hub.loop.now
-        sends = [p.send for p in self.ports]
-        header = self._header
-        counters = self.ports[index].counters
-        mirrors = self._mirror_sends()
-        admit = self._admission(self.ports[index])
-        while True:
-            n = recv_into(buf)
-            if admit is not None and not admit():
-                continue
-            frame = view[:n]
-            for mirror in mirrors:
-                mirror(frame)
-            egress = decide(index, view[header:n], now())
-            if not egress and n - header < ETH_HLEN:
-                counters.rx_errors += 1
-            for out in egress:
-                try:
-                    sends[out](frame)
-                except FrameRejected:
-                    pass
-                except GreentapError as exc:
-                    self._send_failed(out, exc)
-
-    @staticmethod
-    def _reader(port: Port) -> tuple[Callable[..., int], bytearray, memoryview]:
-        """The port's recv_into and a reused buffer (with a view) sized for it."""
-        buf = bytearray(port.max_frame_size)
-        return port.recv_into, buf, memoryview(buf)
-
-    def _admission(self, port: Port) -> Callable[[], bool] | None:
-        """None, or a function saying whether the frame just read passes the port's policer."""
-        if port.policer is None:
-            return None
-        take, now, drops = port.policer.take, self._hub.loop.now, port.drops
-
-        def admit() -> bool:
-            if take(now()):
-                return True
-            drops["rx_rate_limited"] += 1  # type: ignore[index]
-            return False
-
-        return admit
-
-    def _mirror_sends(self) -> list[Callable[[Any], Any]]:
-        """The mirrors' send functions, given frames without the vnet header."""
-        header = self._header
-        if not header:
-            return [m.send for m in self.mirrors]
-        return [lambda frame, send=m.send: send(memoryview(frame)[header:]) for m in self.mirrors]
 
     def _send_failed(self, index: int, exc: GreentapError) -> None:
         # A port counts the errors it sees; a frame for a port that is already

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -54,7 +55,7 @@ class RateLimitWarnings:
         self._limiter = EventLimiter(burst, period)
         self._clock = clock
 
-    def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
         if method_name not in _LIMITED_LEVELS:
             return event_dict
         key = (event_dict.get("event"), event_dict.get("endpoint"))
@@ -123,7 +124,7 @@ class SafeStream:
             return False
 
 
-def _render_for_stdlib(logger: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+def _render_for_stdlib(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
     """Turn an event into a standard-library record: ``event key=value ...``.
 
     The fields go into the record's ``greentap`` attribute rather than its
@@ -199,6 +200,6 @@ def log_format(fmt: str | None, stream: Any) -> str:
     return "console" if stream.isatty() else "json"
 
 
-def _add_logger_name(logger: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+def _add_logger_name(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
     event_dict.setdefault("logger", PROG)
     return event_dict

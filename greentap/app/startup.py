@@ -24,9 +24,10 @@ from greentap.app.stats import StatsReporter
 from greentap.app.supervisor import Supervisor
 from greentap.core.endpoints import EndpointSpec, parse_endpoint
 from greentap.errors import UsageError
+from greentap.green import relay
 from greentap.ports import open_ports
 
-__all__ = ["Options", "offload_policy", "run", "serve"]
+__all__ = ["Options", "describe_relay_loop", "offload_policy", "run", "serve"]
 
 
 @dataclasses.dataclass
@@ -61,6 +62,11 @@ class Options:
     aging: float = 300.0
     keep_warm: float = 1.0
     workers: int = 1
+
+
+def describe_relay_loop() -> str:
+    """Which loop moves a wire's frames: ``"C"`` or ``"pure Python (why)"``."""
+    return "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
 
 
 def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:

@@ -31,7 +31,6 @@ import structlog
 
 from greentap.app import startup
 from greentap.app.exits import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_status
-from greentap.app.forwarder import Forwarder
 from greentap.app.logs import PROG, configure_logging
 from greentap.app.supervisor import REPORT_INTERVAL
 from greentap.errors import GreentapError
@@ -39,9 +38,7 @@ from greentap.errors import GreentapError
 __all__ = ["main", "report_to"]
 
 
-def report_to(
-    forwarder: Forwarder, fd: int, interval: float = REPORT_INTERVAL
-) -> Callable[[], None]:
+def report_to(forwarder: Any, fd: int, interval: float = REPORT_INTERVAL) -> Callable[[], None]:
     """Report ``forwarder.stats()`` to the supervisor over socket ``fd``.
 
     Every ``interval`` seconds, and once more from the function returned.

@@ -41,7 +41,7 @@ def encode_ifname(name: str | bytes | bytearray, *, allow_template: bool = True)
     if isinstance(name, str):
         raw = os.fsencode(name)
     elif isinstance(name, (bytes, bytearray)):
-        raw = bytes(name)
+        raw = name = bytes(name)
     else:
         raise TypeError(f"interface name must be str or bytes, not {type(name).__name__}")
     if b"\0" in raw:

@@ -7,6 +7,7 @@ clock), so both are deterministic under test.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 
 class TokenBucket:
@@ -79,9 +80,8 @@ class EventLimiter:
         self.burst = burst
         self.period = float(period)
         self.max_keys = max_keys
-        self._state: dict[
-            Hashable, list[float]
-        ] = {}  # key -> [period start, events this period, suppressed]
+        # key -> [period start, events this period, suppressed]
+        self._state: dict[Hashable, list[Any]] = {}
 
     def admit(self, key: Hashable, now: float) -> int | None:
         """Decide about one event of ``key`` at time ``now``.

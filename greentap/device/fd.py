@@ -10,8 +10,8 @@ another file is never touched again.  The green layer
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 
 from greentap.errors import EndpointClosed
 
@@ -36,8 +36,8 @@ class FdHolder:
 
     __slots__ = ("fd", "handle", "name")
 
-    def __init__(self, handle: int | socket.socket, *, name: str) -> None:
-        self.handle: int | socket.socket | None = handle
+    def __init__(self, handle: int | _socket.socket, *, name: str) -> None:
+        self.handle: int | _socket.socket | None = handle
         self.fd: int = handle if isinstance(handle, int) else handle.fileno()
         self.name = name
 
@@ -60,7 +60,7 @@ class FdHolder:
             raise EndpointClosed(endpoint=self.name)
         return self.fd
 
-    def detach(self) -> int | socket.socket:
+    def detach(self) -> int | _socket.socket:
         """Give up ownership without closing: the caller now owns the handle.
 
         Returns:
@@ -88,7 +88,7 @@ class FdHolder:
             self.close()
 
 
-def close_handle(handle: int | socket.socket) -> None:
+def close_handle(handle: int | _socket.socket) -> None:
     """Close an fd number or a socket object."""
     if isinstance(handle, int):
         os.close(handle)

@@ -75,7 +75,7 @@ class Link:
                 errno.ENODEV: f"cannot {what}: no such interface in the namespace the device "
                 "was opened in (deleted, or moved to another namespace?)",
             }
-            hint = hints.get(exc.errno, f"cannot {what}")
+            hint = hints.get(exc.errno or 0, f"cannot {what}")
             raise LinkConfigFailed.from_errno(exc.errno, hint, endpoint=self.name) from exc
 
     def _raw(self) -> bytes:

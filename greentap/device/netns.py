@@ -71,11 +71,13 @@ def entered(netns: Netns, ifname: str | bytes | None = None) -> Iterator[None]:
     if netns is None:
         yield
         return
-    given_fd = isinstance(netns, int)
-    label = f"fd {netns}" if given_fd else netns_path(netns)
+    label = f"fd {netns}" if isinstance(netns, int) else netns_path(netns)
     try:
         # dup() an fd we were given so that every path below owns what it closes.
-        target = os.dup(netns) if given_fd else os.open(label, os.O_RDONLY | os.O_CLOEXEC)
+        if isinstance(netns, int):
+            target = os.dup(netns)
+        else:
+            target = os.open(label, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         hint = "; create it with `ip netns add`" if exc.errno == errno.ENOENT else ""
         raise NamespaceUnavailable.from_errno(

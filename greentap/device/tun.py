@@ -1,56 +1,108 @@
-"""The TUN/TAP device: open or attach, TUN settings, blocking frame I/O.  No gevent.
+"""The TUN/TAP device: open or attach, frame geometry, blocking frame I/O.  No gevent.
 
-:class:`TapDevice` owns one ``/dev/net/tun`` fd attached to an interface
-(through an :class:`~greentap.device.fd.FdHolder`) and the interface's
-:class:`~greentap.device.link.Link` (link settings on a control socket in
-the same namespace).  The green layer's :class:`greentap.Tap` adds
+:class:`TapDevice` is the pair an interface needs: its ``/dev/net/tun`` fd
+with the TUN ioctls (a :class:`~greentap.device.tunfd.TunFd`, whose
+:class:`~greentap.device.fd.FdHolder` owns the fd) and its link settings (a
+:class:`~greentap.device.link.Link`, on a control socket in the same
+namespace).  The green layer's :class:`greentap.Tap` adds
 :meth:`~greentap.Tap.polled`, which drives the fd on gevent's hub.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import grp
+import functools
 import os
-import pwd
-import struct
+from collections.abc import Callable
 from typing import Any
 
-from greentap.core import ifreq
 from greentap.core import kernel_constants as kc
 from greentap.core.layout import FrameLayout
 from greentap.core.names import encode_ifname
 from greentap.device.fd import FdHolder
-from greentap.device.link import NEEDS_ADMIN, Link, control_socket, interface_exists
+from greentap.device.link import Link, control_socket, interface_exists
 from greentap.device.netns import Netns, entered
+from greentap.device.tunfd import TUN_PATH, TunFd
 from greentap.errors import (
     EndpointVanished,
     FrameRejected,
-    GreentapError,
-    NotATapDevice,
     OpenTunFailed,
-    SetTapAttributes,
     io_error,
 )
 
 __all__ = ["MODES", "TUN_PATH", "TapDevice"]
 
-TUN_PATH = "/dev/net/tun"
 MODES = {"tap": kc.IFF_TAP, "tun": kc.IFF_TUN}
-_INT = struct.Struct("i")
 
 
 def _link_property(name: str, doc: str) -> Any:
     """A property of the device that reads and writes its :class:`Link`'s."""
 
     def get(self: TapDevice) -> Any:
-        return getattr(self.link, name)
+        return getattr(self._need_link(), name)
 
     def set_(self: TapDevice, value: Any) -> None:
-        setattr(self.link, name, value)
+        setattr(self._need_link(), name, value)
 
-    return property(get, set_, doc=doc)
+    return property(get, set_, doc=f"{doc} (see :class:`~greentap.device.link.Link`)")
+
+
+def _delegate(attribute: str, method: Callable[..., Any]) -> Any:
+    """A method of the device that calls the same method of its ``tun`` or ``link``."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: TapDevice, *args: Any, **kw: Any) -> Any:
+        target = self._need_link() if attribute == "link" else self.tun
+        return getattr(target, name)(*args, **kw)
+
+    return call
+
+
+def _layout_property(name: str, doc: str) -> Any:
+    """A read-only property of the device that is its :class:`FrameLayout`'s."""
+    return property(lambda self: getattr(self.layout, name), doc=doc)
+
+
+def _flags(mode: str, **asked: bool | None) -> int:
+    """The ``IFF_*`` flags for ``mode`` and the options asked for."""
+    try:
+        flags = MODES[mode]
+    except KeyError:
+        raise ValueError(f"mode must be 'tap' or 'tun', not {mode!r}") from None
+    for option, flag in _OPTION_FLAGS.items():
+        if asked[option]:
+            flags |= flag
+    return flags
+
+
+_OPTION_FLAGS = {
+    "no_pi": kc.IFF_NO_PI,
+    "vnet_hdr": kc.IFF_VNET_HDR,
+    "multi_queue": kc.IFF_MULTI_QUEUE,
+    "exclusive": kc.IFF_TUN_EXCL,
+}
+
+
+def _open(raw: bytes, flags: int, netns: Netns, as_found: bool) -> tuple[TunFd, bool]:
+    """Open ``/dev/net/tun`` inside ``netns`` and attach it to ``raw``.
+
+    Returns:
+        The attached :class:`TunFd`, and whether the interface existed before.
+    """
+    label = os.fsdecode(raw)
+    with entered(netns, label):
+        ctl = control_socket(label)
+        try:
+            existed = b"%" not in raw and interface_exists(ctl, raw)
+            tun = TunFd.open(label)
+            try:
+                tun.attach(raw, flags, existed=existed, as_found=as_found)
+            except BaseException:
+                tun.holder.close()
+                raise
+        finally:
+            ctl.close()
+    return tun, existed
 
 
 class TapDevice:
@@ -87,8 +139,11 @@ class TapDevice:
         name: the interface name the kernel gave.
         created: whether this open created the device (False when it attached).
         netns: as given.
+        flags: the ``IFF_*`` flags the fd was attached with (without ``IFF_PERSIST``).
         layout: the :class:`~greentap.core.layout.FrameLayout` of the fd.
-        link: the interface's :class:`~greentap.device.link.Link`.
+        tun: the :class:`~greentap.device.tunfd.TunFd`: the fd and its ioctls.
+        link: the interface's :class:`~greentap.device.link.Link` (None for
+            an fd adopted without one).
 
     Raises:
         TapNameTooLong, TapNameConversion, InvalidInterfaceName: a bad name.
@@ -101,7 +156,9 @@ class TapDevice:
     name: str
     created: bool
     netns: Netns
+    flags: int
     layout: FrameLayout
+    tun: TunFd
     link: Link | None
 
     def __init__(
@@ -118,65 +175,36 @@ class TapDevice:
         group: int | str | None = None,
         netns: Netns = None,
     ) -> None:
-        raw = encode_ifname(name)
-        label = os.fsdecode(raw)
-        try:
-            flags = MODES[mode]
-        except KeyError:
-            raise ValueError(f"mode must be 'tap' or 'tun', not {mode!r}") from None
-        if not packet_info:
-            flags |= kc.IFF_NO_PI
-        if vnet_hdr:
-            flags |= kc.IFF_VNET_HDR
-        if multi_queue:
-            flags |= kc.IFF_MULTI_QUEUE
-        if exclusive:
-            flags |= kc.IFF_TUN_EXCL
-        kc.tun_ioctls()  # an unknown architecture fails before anything is opened
-        with entered(netns, label):
-            ctl = control_socket(label)
-            try:
-                existed = b"%" not in raw and interface_exists(ctl, raw)
-                holder = FdHolder(_open_tun(label), name=label)
-                try:
-                    out = _attach(holder.fd, raw, flags, existed, multi_queue is None, label)
-                except BaseException:
-                    holder.close()
-                    raise
-            finally:
-                ctl.close()
-        assigned, _ = ifreq.unpack_flags(out)
-        self._holder = holder  # owned from here on: close() releases it if anything fails
+        flags = _flags(
+            mode, no_pi=not packet_info, vnet_hdr=vnet_hdr, multi_queue=multi_queue,
+            exclusive=exclusive,
+        )  # fmt: skip
+        tun, existed = _open(encode_ifname(name), flags, netns, as_found=multi_queue is None)
+        self.tun = tun  # owned from here on: close() releases it if anything fails
         self.link = None
         try:
-            self._setup(assigned, netns)
+            self._setup(netns)
             self.created = not existed
             if persist is not None:
-                self.set_persist(persist)
+                tun.set_persist(persist)
             if owner is not None:
-                self.set_owner(owner)
+                tun.set_owner(owner)
             if group is not None:
-                self.set_group(group)
+                tun.set_group(group)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, name: str, netns: Netns, *, link: bool = True) -> None:
+    def _setup(self, netns: Netns) -> None:
         """Read what the kernel attached, and open the link next to it."""
-        self._ioc = kc.tun_ioctls()
-        self._holder.name = name
-        self.name = name
+        self.name = self.tun.name
         self.netns = netns
-        flags = self._get_flags()
+        flags = self.tun.flags()
         # IFF_PERSIST changes at run time: the `persistent` property asks the kernel.
         self.flags = flags & ~kc.IFF_PERSIST
-        self._offload = 0
-        vnet = 0
-        if flags & kc.IFF_VNET_HDR:
-            vnet = _INT.unpack(self._ioctl(self._ioc.TUNGETVNETHDRSZ, _INT.pack(0)))[0]
+        vnet = self.tun.vnet_hdr_size() if flags & kc.IFF_VNET_HDR else 0
         self.layout = FrameLayout.from_flags(flags, vnet)
-        if link:
-            self.link = Link(name, netns=netns)
+        self.link = Link(self.name, netns=netns)
 
     @classmethod
     def from_fd(cls, fd: int, *, netns: Netns = None) -> TapDevice:
@@ -197,23 +225,14 @@ class TapDevice:
         Raises:
             NotATapDevice: ``fd`` is not a TUN/TAP fd, or not attached.
         """
-        try:
-            out = fcntl.ioctl(fd, kc.tun_ioctls().TUNGETIFF, ifreq.pack_flags(b"", 0))
-        except OSError as exc:
-            hint = {
-                errno.EBADFD: "a /dev/net/tun fd that is not attached: call TUNSETIFF first",
-                errno.EBADF: "not an open file descriptor",
-            }.get(exc.errno, "not a /dev/net/tun file descriptor")
-            reason = f"fd {fd}: {os.strerror(exc.errno)} ({hint})"
-            raise NotATapDevice(reason, errno=exc.errno) from exc
-        name, _ = ifreq.unpack_flags(out)
+        tun, _, _ = TunFd.adopt(fd)
         self = cls.__new__(cls)
-        self._holder = FdHolder(fd, name=name)
+        self.tun = tun
         self.link = None
         try:
-            self._setup(name, netns)
+            self._setup(netns)
         except BaseException:
-            self._holder.detach()  # still the caller's: it was not adopted
+            tun.holder.detach()  # still the caller's: it was not adopted
             raise
         self.created = False
         return self
@@ -222,23 +241,21 @@ class TapDevice:
     def _adopt(cls, fd: int, name: str, flags: int = kc.IFF_TAP | kc.IFF_NO_PI) -> TapDevice:
         """Wrap any fd that keeps frame boundaries (tests use a SOCK_SEQPACKET socket)."""
         self = cls.__new__(cls)
-        self._holder = FdHolder(fd, name=name)
+        self.tun = TunFd(FdHolder(fd, name=name))
         self.link = None
-        self._ioc = kc.tun_ioctls()
         self.name, self.netns, self.flags, self.created = name, None, flags, False
-        self._offload = 0
         self.layout = FrameLayout.from_flags(flags)
         return self
 
     # --- identity and geometry ----------------------------------------------
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"fd={self._holder.fd}"
+        state = "closed" if self.closed else f"fd={self.tun.holder.fd}"
         return f"<{type(self).__name__} {self.name!r} {self.mode} {state}>"
 
     @property
     def holder(self) -> FdHolder:
         """The :class:`~greentap.device.fd.FdHolder` that owns the fd."""
-        return self._holder
+        return self.tun.holder
 
     def fileno(self) -> int:
         """Return the ``/dev/net/tun`` fd.
@@ -246,154 +263,40 @@ class TapDevice:
         Raises:
             EndpointClosed: the device was closed.
         """
-        return self._holder.fileno()
+        return self.tun.holder.fileno()
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
-        return self._holder.closed
+        return self.tun.holder.closed
 
-    @property
-    def mode(self) -> str:
-        """``"tap"`` or ``"tun"``."""
-        return self.layout.mode
+    mode = _layout_property("mode", '``"tap"`` or ``"tun"``.')
+    vnet_hdr_size = _layout_property("vnet_hdr_size", "Bytes of virtio-net header per frame.")
+    header_size = _layout_property("header_size", "Bytes before the frame: vnet header, tun_pi.")
+    max_frame_size = _layout_property("max_frame_size", "The largest read the fd can return.")
+    min_frame_size = _layout_property("min_frame_size", "The shortest write the kernel accepts.")
 
-    @property
-    def vnet_hdr_size(self) -> int:
-        """Bytes of virtio-net header before each frame (0 without ``vnet_hdr``)."""
-        return self.layout.vnet_hdr_size
-
-    @property
-    def header_size(self) -> int:
-        """Bytes before the frame proper: vnet header and tun_pi."""
-        return self.layout.header_size
-
-    @property
-    def max_frame_size(self) -> int:
-        """The largest read the device can return (see :class:`FrameLayout`)."""
-        return self.layout.max_frame_size
-
-    @property
-    def min_frame_size(self) -> int:
-        """The shortest write the kernel accepts."""
-        return self.layout.min_frame_size
-
-    # --- TUN settings ---------------------------------------------------------
-    def _ioctl(self, request: int, arg: int | bytes, what: str = "") -> Any:
-        try:
-            return fcntl.ioctl(self._holder.fileno(), request, arg)
-        except OSError as exc:
-            hint = NEEDS_ADMIN if exc.errno == errno.EPERM else what
-            raise SetTapAttributes.from_errno(exc.errno, hint, endpoint=self.name) from exc
-
-    def _get_flags(self) -> int:
-        out = self._ioctl(self._ioc.TUNGETIFF, ifreq.pack_flags(b"", 0), "TUNGETIFF")
-        return ifreq.unpack_flags(out)[1]
-
-    @property
-    def persistent(self) -> bool:
-        """True if the device outlives its last fd (``IFF_PERSIST``)."""
-        return bool(self._get_flags() & kc.IFF_PERSIST)
-
-    def set_persist(self, persist: bool = True) -> None:
-        """Mark the device persistent (it stays after close) or not.
-
-        Raises:
-            SetTapAttributes: the kernel refused (privilege).
-        """
-        self._ioctl(self._ioc.TUNSETPERSIST, int(bool(persist)), "cannot change persistence")
-
-    def set_owner(self, user: int | str) -> None:
-        """Let ``user`` (uid or name) attach to this device without CAP_NET_ADMIN.
-
-        Raises:
-            KeyError: unknown user name.
-            SetTapAttributes: the kernel refused.
-        """
-        uid = user if isinstance(user, int) else pwd.getpwnam(user).pw_uid
-        self._ioctl(self._ioc.TUNSETOWNER, uid, f"cannot set owner {user}")
-
-    def set_group(self, group: int | str) -> None:
-        """Let members of ``group`` (gid or name) attach without CAP_NET_ADMIN.
-
-        Raises:
-            KeyError: unknown group name.
-            SetTapAttributes: the kernel refused.
-        """
-        gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-        self._ioctl(self._ioc.TUNSETGROUP, gid, f"cannot set group {group}")
+    # --- TUN settings (see TunFd) ---------------------------------------------
+    persistent = property(
+        lambda self: bool(self.tun.flags() & kc.IFF_PERSIST),
+        doc="True if the device outlives its last fd (``IFF_PERSIST``).",
+    )
+    offload = property(lambda self: self.tun.offload, doc="The ``TUN_F_*`` flags last set.")
+    set_persist = _delegate("tun", TunFd.set_persist)
+    set_owner = _delegate("tun", TunFd.set_owner)
+    set_group = _delegate("tun", TunFd.set_group)
+    set_offload = _delegate("tun", TunFd.set_offload)
+    enable_offloads = _delegate("tun", TunFd.enable_offloads)
 
     def set_vnet_hdr_size(self, size: int) -> None:
-        """Set the virtio-net header size (10, or 12 for ``num_buffers``).
-
-        Raises:
-            SetTapAttributes: no ``vnet_hdr`` on this device, or a bad size.
-        """
-        if not self.flags & kc.IFF_VNET_HDR:
-            raise SetTapAttributes("device was opened without vnet_hdr=True", endpoint=self.name)
-        self._ioctl(self._ioc.TUNSETVNETHDRSZ, _INT.pack(size), f"bad vnet header size {size}")
+        """Set the virtio-net header size (see :meth:`TunFd.set_vnet_hdr_size`)."""
+        self.tun.set_vnet_hdr_size(size)
         self.layout = FrameLayout.from_flags(self.flags, size)
-
-    @property
-    def offload(self) -> int:
-        """The ``TUN_F_*`` offload flags last set with :meth:`set_offload`."""
-        return self._offload
-
-    def set_offload(self, flags: int) -> None:
-        """Tell the kernel which offloads the reader handles (``TUNSETOFFLOAD``).
-
-        Args:
-            flags: an OR of ``TUN_F_CSUM``, ``TUN_F_TSO4``, ... (0 for none).
-
-        Raises:
-            SetTapAttributes: the kernel does not support a flag.
-        """
-        self._ioctl(self._ioc.TUNSETOFFLOAD, flags, f"offload flags {flags:#x} not supported")
-        self._offload = flags
-
-    def enable_offloads(self) -> int:
-        """Accept checksum and segmentation offloads: the widest set the kernel has.
-
-        Tries CSUM, TSO4, TSO6, TSO_ECN, USO4 and USO6, then drops the newest
-        (USO, then ECN) until the kernel accepts.  Frames then carry a
-        virtio-net header saying what is left to do, and TCP can pass as 64 KiB
-        super-frames.
-
-        Returns:
-            The ``TUN_F_*`` flags set.
-
-        Raises:
-            SetTapAttributes: the device has no ``vnet_hdr``, or the kernel
-                accepts none of them.
-        """
-        if not self.flags & kc.IFF_VNET_HDR:
-            raise SetTapAttributes(
-                "offloads need a device opened with vnet_hdr=True", endpoint=self.name
-            )
-        base = kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6
-        candidates = (base | kc.TUN_F_TSO_ECN | kc.TUN_F_USO4 | kc.TUN_F_USO6,
-                      base | kc.TUN_F_TSO_ECN, base)  # fmt: skip
-        refused: GreentapError | None = None
-        for flags in candidates:
-            try:
-                self.set_offload(flags)
-                return flags
-            except SetTapAttributes as exc:
-                refused = exc
-        assert refused is not None
-        raise refused
 
     # --- after the interface vanished ---------------------------------------
     def attached(self) -> bool:
-        """True while the fd is still attached to a device (``TUNGETIFF`` works).
-
-        False once the interface was deleted, wherever it lived.
-        """
-        try:
-            fcntl.ioctl(self._holder.fd, self._ioc.TUNGETIFF, ifreq.pack_flags(b"", 0))
-        except OSError:
-            return False
-        return True
+        """True while the fd is still attached to a device (False once it was deleted)."""
+        return self.tun.attached()
 
     def exists(self) -> bool:
         """True if an interface of this device's name exists in its namespace.
@@ -421,8 +324,7 @@ class TapDevice:
             raise EndpointVanished("no interface of this name to attach to", endpoint=self.name)
         if self.attached():
             return  # done by an earlier call whose later steps failed
-        raw = os.fsencode(self.name)
-        _attach(self._holder.fileno(), raw, self.flags, True, False, self.name)
+        self.tun.attach(os.fsencode(self.name), self.flags, existed=True)
         if not self.persistent:
             # It vanished again in between, and TUNSETIFF made a new device:
             # not ours to keep.  Closing this fd deletes it.
@@ -439,13 +341,8 @@ class TapDevice:
     mac = _link_property("mac", "The MAC address (None for a TUN); assigning sets it.")
     txqueuelen = _link_property("txqueuelen", "The transmit queue length; assigning sets it.")
 
-    def up(self) -> None:
-        """Bring the link up (see :meth:`Link.up`)."""
-        self._need_link().up()
-
-    def down(self) -> None:
-        """Bring the link down (see :meth:`Link.down`)."""
-        self._need_link().down()
+    up = _delegate("link", Link.up)
+    down = _delegate("link", Link.down)
 
     def _need_link(self) -> Link:
         if self.link is None:
@@ -463,7 +360,7 @@ class TapDevice:
             EndpointClosed, EndpointVanished, EndpointIOError.
         """
         try:
-            return os.read(self._holder.fileno(), self.max_frame_size)
+            return os.read(self.fileno(), self.max_frame_size)
         except OSError as exc:
             raise io_error(self.name, exc, "read") from exc
 
@@ -483,7 +380,7 @@ class TapDevice:
                 endpoint=self.name,
             )
         try:
-            return os.write(self._holder.fileno(), frame)
+            return os.write(self.fileno(), frame)
         except OSError as exc:
             raise io_error(self.name, exc, "write") from exc
 
@@ -492,75 +389,10 @@ class TapDevice:
         """Close the fd and the link's socket; harmless if already closed."""
         if self.link is not None:
             self.link.close()
-        self._holder.close()
+        self.tun.holder.close()
 
     def __enter__(self) -> TapDevice:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _open_tun(name: str) -> int:
-    try:
-        return os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        hint = {
-            errno.ENOENT: f"{TUN_PATH} is missing: load the driver (modprobe tun) or "
-            "give the container the device",
-            errno.ENXIO: "the TUN/TAP driver is not loaded (modprobe tun)",
-            errno.ENODEV: "the TUN/TAP driver is not loaded (modprobe tun)",
-            errno.EACCES: f"{NEEDS_ADMIN} or read-write access to {TUN_PATH}",
-            errno.EPERM: f"{NEEDS_ADMIN} or read-write access to {TUN_PATH}",
-        }.get(exc.errno, f"cannot open {TUN_PATH}")
-        raise OpenTunFailed.from_errno(exc.errno, hint, endpoint=name) from exc
-
-
-def _attach(fd: int, raw: bytes, flags: int, existed: bool, as_found: bool, name: str) -> bytes:
-    """``TUNSETIFF``; with ``as_found``, match an existing device's queue mode.
-
-    A device made multi-queue refuses a single-queue attach (and the other
-    way round) with EINVAL; the kernel says nothing else about it, so the
-    other mode is tried once.
-    """
-    try:
-        return fcntl.ioctl(fd, kc.tun_ioctls().TUNSETIFF, ifreq.pack_flags(raw, flags))
-    except OSError as exc:
-        if not (as_found and existed and exc.errno == errno.EINVAL):
-            raise _setiff_error(name, exc, flags, existed) from exc
-        first = exc
-    try:
-        other = flags ^ kc.IFF_MULTI_QUEUE
-        return fcntl.ioctl(fd, kc.tun_ioctls().TUNSETIFF, ifreq.pack_flags(raw, other))
-    except OSError:
-        raise _setiff_error(name, first, flags, existed) from first
-
-
-def _setiff_error(name: str, exc: OSError, flags: int, existed: bool) -> GreentapError:
-    code = exc.errno
-    if code == errno.EPERM:
-        hint = (
-            f"{NEEDS_ADMIN}, or the device's owner/group must match this process"
-            if existed
-            else NEEDS_ADMIN
-        )
-        return OpenTunFailed.from_errno(code, hint, endpoint=name)
-    if code == errno.EBUSY:
-        if flags & kc.IFF_TUN_EXCL and existed:
-            hint = "a device of this name already exists (exclusive=True)"
-        elif flags & kc.IFF_MULTI_QUEUE:
-            hint = "device is busy: all its queues are attached"
-        else:
-            hint = "device is busy: another file descriptor is attached to it"
-    elif code == errno.EINVAL and existed:
-        hint = (
-            "an interface of this name exists with another type or flags: a tun/tap "
-            "mismatch, a non-TUN/TAP device, or a multi_queue difference"
-        )
-    elif code == errno.EINVAL:
-        hint = "the kernel refused these flags"
-    elif code == errno.ENFILE:
-        hint = "no free number for this name template"
-    else:
-        hint = "TUNSETIFF failed"
-    return SetTapAttributes.from_errno(code, hint, endpoint=name)

@@ -37,7 +37,7 @@ if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
 else:
     try:
-        from greentap.green import _relay as _c
+        from greentap.green import _relay as _c  # type: ignore[attr-defined]
     except ImportError as exc:
         LOOP_REASON = (
             f"the C extension greentap.green._relay was not built ({exc}): "
@@ -159,7 +159,7 @@ def _relay_python(
                 try:
                     write(out, frame)  # os.write retries EINTR itself (PEP 475)
                 except OSError as exc:
-                    verdict = verdicts.get(exc.errno, failed)
+                    verdict = verdicts.get(exc.errno or 0, failed)
                     if verdict is backpressure:
                         dropped += 1
                     elif verdict is link_down_:

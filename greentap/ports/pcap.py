@@ -92,8 +92,8 @@ class PcapPort(Port):
         self.rotate = rotate
         self.keep = keep
         self.counters = DeviceCounters()
-        self._hub_drops = collections.Counter()  # touched by the hub only
-        self._writer_drops = collections.Counter()  # touched by the writer thread only
+        self._hub_drops: collections.Counter[str] = collections.Counter()  # the hub's
+        self._writer_drops: collections.Counter[str] = collections.Counter()  # the writer's
         self.max_frame_size = 0
         if logger is not None:
             self.notify = lambda event, level="warning", **fields: getattr(logger, level)(
@@ -107,19 +107,19 @@ class PcapPort(Port):
         self._file_size = len(header)  # bytes queued for the current file
         self._queued = len(header)  # written by the hub only
         self._written = 0  # written by the writer thread only
-        self._ended = None  # why the capture ended (set by the writer thread)
-        self._reported = None
-        self._failing = None  # the errno name while writes fail (set by the writer thread)
-        self._failing_reported = None
+        self._ended: str | None = None  # why the capture ended (set by the writer thread)
+        self._reported: str | None = None
+        self._failing: str | None = None  # the errno name while writes fail (writer thread)
+        self._failing_reported: str | None = None
         self._ino = None if path == "-" else os.fstat(self._fd).st_ino  # the writer's file
         self._closed = False
-        self._queue = _queue.SimpleQueue()
+        self._queue: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._done = _thread.allocate_lock()
         self._done.acquire()
         _thread.start_new_thread(self._writer, ())
         self._flusher = gevent.spawn(self._flush_periodically)
 
-    def _open(self, path):
+    def _open(self, path: str) -> int:
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -127,7 +127,7 @@ class PcapPort(Port):
             raise EndpointUnavailable.from_errno(exc.errno, hint, endpoint=self.name) from exc
 
     @property
-    def drops(self):
+    def drops(self) -> collections.Counter[str]:  # type: ignore[override]
         """Frames dropped, by reason: ``tx_backlog`` (the writer could not keep
         up) and ``tx_<errno>`` (e.g. ``tx_ENOSPC``: the disk was full)."""
         return self._hub_drops + self._writer_drops
@@ -162,26 +162,26 @@ class PcapPort(Port):
             self._flush()
         return True
 
-    def _flush(self):
+    def _flush(self) -> None:
         if self._buf:
             self._queue.put((bytes(self._buf), self._buf_records))
             self._buf.clear()
             self._buf_records = 0
 
-    def _rotate(self, how=_ROTATE):
+    def _rotate(self, how: object = _ROTATE) -> None:
         self._flush()
         self._queue.put(how)
         self._buf += self._header
         self._queued += len(self._header)
         self._file_size = len(self._header)
 
-    def _flush_periodically(self):
+    def _flush_periodically(self) -> None:
         while not self._closed:
             gevent.sleep(FLUSH_INTERVAL)
             self._flush()
             self._report()
 
-    def _report(self):
+    def _report(self) -> None:
         failing = self._failing
         if failing != self._failing_reported:
             self._failing_reported = failing
@@ -229,7 +229,7 @@ class PcapPort(Port):
         self._report()
 
     # --- the writer thread ------------------------------------------------
-    def _writer(self):
+    def _writer(self) -> None:
         fd, size = self._fd, 0
         try:
             while True:
@@ -253,7 +253,7 @@ class PcapPort(Port):
                     else:
                         # ENOSPC and friends: drop the chunk, cut back to the last
                         # whole record so the file stays valid.
-                        self._failing = errno.errorcode.get(exc.errno, str(exc.errno))
+                        self._failing = errno.errorcode.get(exc.errno or 0, str(exc.errno))
                         self._writer_drops[f"tx_{self._failing}"] += records
                         if fd != 1:
                             try:
@@ -268,10 +268,10 @@ class PcapPort(Port):
                 os.close(fd)
             self._done.release()
 
-    def _rotate_files(self, fd, shift=True):
+    def _rotate_files(self, fd: int, shift: bool = True) -> int:
         os.close(fd)
         path = self.path
-        for n in range(self.keep - 1, 0, -1) if shift else ():
+        for n in range((self.keep or 1) - 1, 0, -1) if shift else ():
             older = f"{path}.{n - 1}" if n > 1 else path
             if os.path.exists(older):
                 os.replace(older, f"{path}.{n}")
@@ -284,7 +284,7 @@ class PcapPort(Port):
         return fd
 
 
-def _write_all(fd, data):
+def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

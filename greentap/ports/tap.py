@@ -237,6 +237,7 @@ def _open_fd(spec: EndpointSpec, options: OpenOptions) -> FramePort:
     # mode and packet info are not Ethernet frames.
     try:
         tap = Tap.from_fd(spec.options["fd"])
+        assert isinstance(tap, Tap)
     except NotATapDevice as exc:
         raise NotATapDevice(exc.reason, endpoint=spec.text, errno=exc.errno) from exc
     if tap.mode != "tap" or tap.layout.packet_info:

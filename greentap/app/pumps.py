@@ -1,0 +1,142 @@
+"""The forwarder's per-frame loops: a wire between two ports, a switch among more.
+
+Each pump runs in its own greenlet, reads one port until it closes and
+sends every frame on.  Nothing here decides what happens to a port that
+fails: a pump hands the error to ``on_send_error`` (its destination failed)
+or raises it (its own port failed), and the
+:class:`~greentap.app.forwarder.Forwarder` decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from greentap.core.kernel_constants import ETH_HLEN
+from greentap.core.switching import LearningSwitch
+from greentap.errors import FrameRejected, GreentapError
+from greentap.ports.base import FramePort, Port
+
+__all__ = ["admission", "mirror_sends", "switch", "wire"]
+
+Admit = Callable[[], bool]
+Send = Callable[[Any], Any]
+
+
+def wire(
+    src: Port,
+    dst: Port,
+    on_send_error: Callable[[GreentapError], Any],
+    admit: Admit | None,
+    mirrors: Sequence[Send],
+) -> None:
+    """Send every frame read from ``src`` to ``dst`` until ``src`` closes.
+
+    Two fd devices with no policer take the tight relay (two system calls
+    per frame, in C when it was built); anything else the generic loop.
+
+    Raises:
+        EndpointClosed: ``src`` was closed (the normal end).
+        GreentapError: ``src`` failed.
+    """
+    if admit is None and isinstance(src, FramePort) and isinstance(dst, FramePort):
+        src.polled.relay_to(dst.polled, on_send_error, mirrors)
+        return
+    recv_into, buf, view = _reader(src)
+    send = dst.send
+    while True:
+        n = recv_into(buf)
+        if admit is not None and not admit():
+            continue
+        frame = view[:n]
+        for mirror in mirrors:
+            mirror(frame)
+        try:
+            send(frame)
+        except FrameRejected:
+            pass  # counted by the port
+        except GreentapError as exc:
+            on_send_error(exc)
+
+
+def switch(
+    index: int,
+    ports: Sequence[Port],
+    decision: LearningSwitch,
+    on_send_error: Callable[[int, GreentapError], Any],
+    admit: Admit | None,
+    mirrors: Sequence[Send],
+    header: int,
+    now: Callable[[], float],
+) -> None:
+    """Switch every frame read from ``ports[index]`` until that port closes.
+
+    Args:
+        index: the ingress port's number.
+        ports: every port, numbered as ``decision`` knows them.
+        decision: the learning switch (where each frame goes).
+        on_send_error: called with ``(egress index, error)`` for a failed send.
+        admit: the ingress policer's verdict per frame, or None.
+        mirrors: the mirrors' send functions.
+        header: bytes before the Ethernet header (vnet header).
+        now: the clock the MAC table ages by.
+
+    Raises:
+        EndpointClosed: the port was closed (the normal end).
+        GreentapError: the port failed.
+    """
+    port = ports[index]
+    recv_into, buf, view = _reader(port)
+    decide = decision.decide
+    sends = [p.send for p in ports]
+    counters = port.counters
+    while True:
+        n = recv_into(buf)
+        if admit is not None and not admit():
+            continue
+        frame = view[:n]
+        for mirror in mirrors:
+            mirror(frame)
+        egress = decide(index, view[header:n], now())
+        if not egress and n - header < ETH_HLEN:
+            counters.rx_errors += 1
+        for out in egress:
+            try:
+                sends[out](frame)
+            except FrameRejected:
+                pass
+            except GreentapError as exc:
+                on_send_error(out, exc)
+
+
+def _reader(port: Port) -> tuple[Callable[..., int], bytearray, memoryview]:
+    """The port's recv_into and a reused buffer (with a view) sized for it."""
+    buf = bytearray(port.max_frame_size)
+    return port.recv_into, buf, memoryview(buf)
+
+
+def admission(port: Port, now: Callable[[], float]) -> Admit | None:
+    """None, or a function saying whether the frame just read passes the port's policer."""
+    policer = port.policer
+    if policer is None:
+        return None
+    take, drops = policer.take, port.drops
+
+    def admit() -> bool:
+        if take(now()):
+            return True
+        drops["rx_rate_limited"] += 1  # type: ignore[index]
+        return False
+
+    return admit
+
+
+def mirror_sends(mirrors: Sequence[Port], header: int) -> list[Send]:
+    """The mirrors' send functions, given frames without the vnet header."""
+    if not header:
+        return [m.send for m in mirrors]
+    return [_without_header(m.send, header) for m in mirrors]
+
+
+def _without_header(send: Send, header: int) -> Send:
+    return lambda frame: send(memoryview(frame)[header:])
