@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.demo:
             return run_demo()
-        return startup.run(options, structlog.get_logger(PROG))
+        return startup.execute(startup.plan(options), structlog.get_logger(PROG))
     except GreentapError as exc:
         kind = "" if type(exc) is UsageError else f"{type(exc).__name__}: "
         return fail(f"{kind}{exc}", exit_status(exc))

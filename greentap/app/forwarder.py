@@ -33,7 +33,7 @@ from greentap.app.pumps import admission, mirror_sends, switch, wire
 from greentap.app.service import Service
 from greentap.core.ethernet import format_mac
 from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
-from greentap.errors import EndpointClosed, GreentapError
+from greentap.errors import EndpointClosed, GreentapError, UsageError
 from greentap.green import relay
 from greentap.ports.base import FramePort, Port
 
@@ -70,7 +70,8 @@ class Forwarder(Service):
             flows; None or 0 turns it off.
 
     Raises:
-        ValueError: fewer than two ports, or ports with different header sizes.
+        UsageError: fewer than two ports, or ports with different header sizes
+            (a ValueError).
     """
 
     def __init__(
@@ -89,10 +90,14 @@ class Forwarder(Service):
         # Indices 0..len(data)-1 are the switch's port numbers.
         self.mirrors = [p for p in ports if not p.readable]
         if len(data) < 2:
-            raise ValueError("a forwarder needs at least two ports that carry traffic")
+            raise UsageError("a forwarder needs at least two ports that carry traffic")
         headers = {p.header_size for p in data}
         if len(headers) != 1:
-            raise ValueError("all ports must use the same frame header (vnet header) size")
+            sizes = ", ".join(f"{p.name}: {p.header_size}" for p in data)
+            raise UsageError(
+                f"every endpoint must carry frames with the same header (vnet header) "
+                f"size, not {sizes}: open them all with or all without offloads"
+            )
         super().__init__(logger=logger or library_logger("greentap.forwarder"), hub=hub)
         self.ports = data + self.mirrors
         self.mode = "wire" if len(data) == 2 else "switch"

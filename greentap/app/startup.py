@@ -12,6 +12,7 @@ both through the same :func:`serve`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,16 @@ from greentap.errors import UsageError
 from greentap.green import relay
 from greentap.ports import open_ports
 
-__all__ = ["Options", "describe_relay_loop", "offload_policy", "run", "serve"]
+__all__ = [
+    "Options",
+    "Plan",
+    "describe_relay_loop",
+    "execute",
+    "offload_policy",
+    "plan",
+    "run",
+    "serve",
+]
 
 
 @dataclasses.dataclass
@@ -87,14 +97,80 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
     return offload == "on" or (offload == "auto" and carriers == {"tap"})
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` decided: the options, the parsed endpoints, the offload policy."""
+
+    options: Options
+    specs: tuple[EndpointSpec, ...]
+    offload: bool
+
+
+def plan(options: Options) -> Plan:
+    """Check everything that can be checked before anything is opened.
+
+    Raises:
+        UsageError: bad endpoints or options (fewer than two endpoints that
+            carry traffic, one listed twice, ``--group`` without ``--user``,
+            ``--workers`` with endpoints that are not TAPs, ...).
+        PrivilegeDropFailed: ``--user`` or ``--group`` does not exist.
+    """
+    if len(options.endpoints) < 2:
+        raise UsageError(f"need at least two endpoints, got {len(options.endpoints)}")
+    if options.group is not None and options.user is None:
+        raise UsageError("--group needs --user")
+    specs = tuple(parse_endpoint(text) for text in options.endpoints)
+    carriers = [spec for spec in specs if spec.kind != "pcap"]
+    if len(carriers) < 2:
+        raise UsageError(
+            f"need at least two endpoints that carry traffic (a pcap mirror does not), "
+            f"got {len(carriers)}"
+        )
+    seen: dict[tuple[str, Any, Any], str] = {}
+    for spec in specs:
+        key = _identity(spec)
+        if key in seen:
+            raise UsageError(f"{spec.text!r} and {seen[key]!r} are the same endpoint")
+        seen[key] = spec.text
+    if options.user is not None:
+        resolve(options.user, options.group)  # an unknown user fails before anything opens
+    offload = offload_policy(specs, options.offload)
+    if options.workers > 1 and {spec.kind for spec in specs} != {"tap"}:
+        raise UsageError(
+            "--workers needs every endpoint to be a TAP (tap:NAME or NAME): "
+            "tunnels, captures and fd: endpoints cannot be split into queues"
+        )
+    return Plan(options, specs, offload)
+
+
+def _identity(spec: EndpointSpec) -> tuple[str, Any, Any]:
+    """What makes two endpoints the same thing to open."""
+    if spec.kind == "tap":
+        return ("tap", spec.name, spec.options.get("netns"))
+    if spec.kind == "fd":
+        return ("fd", spec.options["fd"], None)
+    if spec.kind == "pcap":
+        return ("pcap", os.path.abspath(spec.name) if spec.name != "-" else "-", None)
+    return (spec.kind, spec.text, None)
+
+
 Attach = Callable[[Service], "Callable[[], None] | None"]
 
 
 def run(options: Options, log: Any, *, attach: Attach | None = None) -> int:
-    """Check the options, open the endpoints and forward until a signal.
+    """:func:`plan`, then :func:`execute`: check, open, forward until a signal.
+
+    Returns:
+        The exit status.
+    """
+    return execute(plan(options), log, attach=attach)
+
+
+def execute(decided: Plan, log: Any, *, attach: Attach | None = None) -> int:
+    """Open the endpoints and forward until a signal.
 
     Args:
-        options: what to do.
+        decided: what :func:`plan` decided.
         log: a structlog-style logger.
         attach: called with the service once it is set up, before privileges
             are dropped (it may still import or open); what it returns, if
@@ -104,23 +180,10 @@ def run(options: Options, log: Any, *, attach: Attach | None = None) -> int:
         The exit status.
 
     Raises:
-        GreentapError: bad input, or an endpoint that cannot be opened;
-            nothing is left open.
+        GreentapError: an endpoint cannot be opened; nothing is left open.
     """
-    if len(options.endpoints) < 2:
-        raise UsageError(f"need at least two endpoints, got {len(options.endpoints)}")
-    if options.group is not None and options.user is None:
-        raise UsageError("--group needs --user")
-    specs = [parse_endpoint(text) for text in options.endpoints]
-    if options.user is not None:
-        resolve(options.user, options.group)  # an unknown user fails before anything opens
-    offload = offload_policy(specs, options.offload)
+    options, specs, offload = decided.options, decided.specs, decided.offload
     if options.workers > 1:
-        if {spec.kind for spec in specs} != {"tap"}:
-            raise UsageError(
-                "--workers needs every endpoint to be a TAP (tap:NAME or NAME): "
-                "tunnels, captures and fd: endpoints cannot be split into queues"
-            )
         supervisor = _supervisor(options, specs, offload, log)
         for info in supervisor.describe():
             log.info("endpoint_opened", **info)

@@ -20,7 +20,7 @@ from typing import Any
 
 from greentap.core.names import encode_ifname
 from greentap.core.numbers import parse_decimal, parse_int, parse_size
-from greentap.core.pcap import DEFAULT_SNAPLEN
+from greentap.core.pcap import DEFAULT_SNAPLEN, MIN_ROTATE
 from greentap.core.vxlan import MAX_VNI, VXLAN_PORT
 from greentap.errors import EndpointSyntaxError
 
@@ -229,6 +229,9 @@ def _parse_pcap(text: str) -> EndpointSpec:
         parsed["keep"] = _number(text, "keep", options["keep"], lambda v: parse_int(v, 1, MAX_KEEP))
     if "rotate" in options:
         parsed["rotate"] = _number(text, "rotate", options["rotate"], parse_size)
+        if parsed["rotate"] < MIN_ROTATE:
+            raise _error(text, f"rotate={options['rotate']} is too small for one frame "
+                               f"(at least {MIN_ROTATE} bytes; sizes such as 100M)")  # fmt: skip
     if "keep" in parsed and "rotate" not in parsed:
         raise _error(text, "keep= needs rotate=")
     if "rotate" in parsed and path == "-":

@@ -33,13 +33,19 @@ def encode_ifname(name: str | bytes | bytearray, *, allow_template: bool = True)
 
     Raises:
         TypeError: ``name`` is neither str nor bytes.
-        TapNameConversion: the name contains a NUL byte.
+        TapNameConversion: the name contains a NUL byte, or a character the
+            file system encoding cannot encode.
         TapNameTooLong: the name is 16 bytes or more.
         InvalidInterfaceName: empty, ``.``/``..``, contains ``/``, ``:`` or
             whitespace, or a ``%`` that is not a single ``%d``.
     """
     if isinstance(name, str):
-        raw = os.fsencode(name)
+        try:
+            raw = os.fsencode(name)
+        except UnicodeEncodeError:  # a lone surrogate that no byte stands for
+            raise TapNameConversion(
+                "name cannot be encoded with the file system encoding", endpoint=name
+            ) from None
     elif isinstance(name, (bytes, bytearray)):
         raw = name = bytes(name)
     else:

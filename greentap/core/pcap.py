@@ -17,6 +17,8 @@ LINKTYPE_ETHERNET = 1
 DEFAULT_SNAPLEN = 262144
 GLOBAL_HEADER_SIZE = 24
 RECORD_HEADER_SIZE = 16
+#: The smallest file rotation that holds one frame of 64 bytes.
+MIN_ROTATE = GLOBAL_HEADER_SIZE + RECORD_HEADER_SIZE + 64
 
 _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")

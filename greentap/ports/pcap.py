@@ -31,7 +31,7 @@ import gevent
 from greentap.core import pcap
 from greentap.core.counters import DeviceCounters
 from greentap.core.endpoints import EndpointSpec
-from greentap.errors import EndpointUnavailable
+from greentap.errors import EndpointSyntaxError, EndpointUnavailable
 from greentap.ports.base import Port
 from greentap.ports.registry import OpenOptions, register
 
@@ -59,7 +59,7 @@ class PcapPort(Port):
 
     Raises:
         EndpointUnavailable: the file cannot be created.
-        ValueError: bad snaplen, rotate or keep.
+        EndpointSyntaxError: bad snaplen, rotate or keep (a ValueError).
     """
 
     kind = "pcap"
@@ -75,18 +75,24 @@ class PcapPort(Port):
         logger: Any = None,
         backlog_limit: int = BACKLOG_LIMIT,
     ) -> None:
+        self.name = f"pcap:{path}"
+        if snaplen < 1:
+            raise EndpointSyntaxError("snaplen must be at least 1", endpoint=self.name)
         header = pcap.global_header(snaplen)
         if rotate is not None:
             if path == "-":
-                raise ValueError("pcap:- is a stream: it cannot rotate")
-            if rotate < len(header) + pcap.RECORD_HEADER_SIZE + 64:
-                raise ValueError(f"rotate={rotate} is too small for even one frame")
+                raise EndpointSyntaxError(
+                    "pcap:- is a stream: it cannot rotate", endpoint=self.name
+                )
+            if rotate < pcap.MIN_ROTATE:
+                raise EndpointSyntaxError(
+                    f"rotate={rotate} is too small for even one frame", endpoint=self.name
+                )
             keep = 1 if keep is None else keep
             if keep < 1:
-                raise ValueError("keep must be at least 1")
+                raise EndpointSyntaxError("keep must be at least 1", endpoint=self.name)
         elif keep is not None:
-            raise ValueError("keep needs rotate")
-        self.name = f"pcap:{path}"
+            raise EndpointSyntaxError("keep needs rotate", endpoint=self.name)
         self.path = path
         self.snaplen = snaplen
         self.rotate = rotate

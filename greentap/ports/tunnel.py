@@ -38,7 +38,7 @@ from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import MacTable
 from greentap.core.verdicts import Verdict, drop_reason, write_verdict
 from greentap.device.fd import FdHolder
-from greentap.errors import EndpointClosed, EndpointUnavailable
+from greentap.errors import EndpointClosed, EndpointSyntaxError, EndpointUnavailable
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.ports.base import Port
 from greentap.ports.registry import OpenOptions, register
@@ -87,8 +87,9 @@ class DatagramPort(Port):
         budget: datagrams handled back to back before yielding to the hub.
 
     Raises:
-        EndpointUnavailable: unresolvable names, mixed address families, or the
-            socket cannot be bound (address in use, permission).
+        EndpointSyntaxError: the remotes and the local address mix IPv4 and IPv6.
+        EndpointUnavailable: unresolvable names, or the socket cannot be bound
+            (address in use, permission).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class DatagramPort(Port):
             lfam, laddr = resolve(local[0], local[1], endpoint=name)
             families.add(lfam)
         if len(families) != 1:
-            raise EndpointUnavailable("remotes and local address mix IPv4 and IPv6", endpoint=name)
+            raise EndpointSyntaxError("remotes and local address mix IPv4 and IPv6", endpoint=name)
         self.family = families.pop()
         self.remotes = [addr for _, addr in resolved]
         if local is None:

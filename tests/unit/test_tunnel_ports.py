@@ -8,7 +8,7 @@ import gevent
 import pytest
 
 from greentap.core import vxlan
-from greentap.errors import EndpointUnavailable, TapClosed
+from greentap.errors import EndpointSyntaxError, EndpointUnavailable, TapClosed
 from greentap.ports.tunnel import UdpPort, VxlanPort
 
 BCAST = b"\xff" * 6
@@ -209,8 +209,9 @@ def test_address_in_use_is_a_clear_error(closing):
 
 
 def test_mixed_families_are_refused():
-    """IPv4 remotes with an IPv6 local address cannot work: refused up front."""
-    with pytest.raises(EndpointUnavailable, match="mix IPv4 and IPv6"):
+    """IPv4 remotes with an IPv6 local address cannot work: refused up front, as the
+    caller's mistake."""
+    with pytest.raises(EndpointSyntaxError, match="mix IPv4 and IPv6"):
         VxlanPort("vx", [("127.0.0.1", 4789)], 7, ("::1", 0))
 
 
