@@ -8,6 +8,14 @@ import pytest
 from greentap.green.polled import Tap
 
 
+def must_run():
+    """True where every test must run and a skip is a failure: in CI (``CI=true``)
+    and under scripts/run-tests (``GREENTAP_REQUIRE_PRIVILEGED=1``)."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or any(
+        os.environ.get(name) for name in ("GREENTAP_REQUIRE_PRIVILEGED", "GREENTAP_REQUIRE_C")
+    )
+
+
 def open_fds():
     """Return the set of fds open in this process."""
     return set(os.listdir("/proc/self/fd"))

@@ -19,24 +19,22 @@ import uuid
 import pytest
 
 import greentap
+from tests.conftest import must_run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _must_run():
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
-        os.environ.get("GREENTAP_REQUIRE_PRIVILEGED")
-    )
+#: The real peers the privileged tests run (Debian: iproute2, iputils-ping,
+#: util-linux, tcpdump, tshark, iperf3, ethtool).
+TOOLS = ("ip", "ping", "setpriv", "tcpdump", "tshark", "iperf3", "ethtool")
 
 
 def _missing():
     if os.geteuid() != 0:
         return "not running as root"
     if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    for tool in ("ip", "ping", "setpriv", "tcpdump", "tshark", "iperf3", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed"
+        return "/dev/net/tun is missing (modprobe tun)"
+    absent = [t for t in TOOLS if shutil.which(t) is None]
+    if absent:
+        return f"not installed: {', '.join(absent)}"
     return None
 
 
@@ -50,9 +48,9 @@ def pytest_collection_modifyitems(config, items):
 def _privileges():
     why = _missing()
     if why:
-        if _must_run():
-            pytest.fail(f"privileged test cannot run in CI: {why}")
-        pytest.skip(f"needs root and /dev/net/tun: {why}")
+        if must_run():
+            pytest.fail(f"privileged test must run here but cannot: {why}")
+        pytest.skip(f"{why}; scripts/run-tests (as root) installs what these tests need")
 
 
 def unique(prefix="gt"):

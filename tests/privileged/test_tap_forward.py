@@ -247,3 +247,34 @@ def test_library_raises_what_the_cli_reports(netns, open_tap):
     held = open_tap()
     with pytest.raises(greentap.SetTapAttributes, match="busy"):
         TapPort(held.name, netns=netns.name)
+
+
+def test_a_persistent_multi_queue_tap_is_attached_as_it_was_made(make_netns, forwarders):
+    """A single-process tap-forward attaches to a persistent multi-queue TAP (one
+    queue of it) instead of refusing it, forwards through it, and leaves it there."""
+    a, b = hosts(make_netns, 2)
+    b.ns.ip("tuntap", "add", "dev", b.tap, "mode", "tap", "multi_queue")
+    tf = forwarders("--stats", "0", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding", mode="wire")
+    a.configure()
+    b.configure()
+    ping = a.ping(b, count=3)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    status, _ = tf.terminate()
+    assert status == 0
+    info = b.ns.link(b.tap)["linkinfo"]["info_data"]
+    assert info["multi_queue"] is True and info["numqueues"] == 0  # kept, our queue closed
+
+
+def test_a_long_keep_warm_tick_does_not_delay_the_stop(make_netns, forwarders):
+    """--keep-warm 1000 (its longest tick) while traffic flows: SIGTERM does not wait
+    for the tick, exit 0 within 1 s (generous: it takes some 50 ms; a stop that
+    waited for the ticking greenlet took over a second)."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--keep-warm", "1000", a.endpoint, b.endpoint)
+    tf.wait_for("forwarding", mode="wire")
+    a.configure()
+    b.configure()
+    assert a.ping(b, count=2).returncode == 0  # frames flowed: the hub is kept warm
+    status, took = tf.terminate(timeout=2.0)
+    assert status == 0 and took < 1.0

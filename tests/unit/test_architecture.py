@@ -203,3 +203,26 @@ def test_the_cli_is_a_thin_shell():
     targets = {t for t in GRAPH["greentap.cli"] if t.startswith("greentap.")}
     below = {t for t in targets if layer_of(t) in ("device", "green", "ports")}
     assert not below, f"cli.py reaches past the application into {sorted(below)}"
+
+
+def test_the_readme_names_every_module():
+    """README.md's Architecture tree lists every module (and the C source), and no other."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    tree = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    listed, folder = set(), ""
+    for line in tree.splitlines()[2:]:  # after the opening fence and "greentap/"
+        name = line.strip().split(" ", 1)[0]
+        if not name:
+            continue
+        if line.startswith("  ") and not line.startswith("    "):
+            folder = name if name.endswith("/") else ""
+            if not folder:
+                listed.add(name)
+        else:
+            listed.add(folder + name)
+    on_disk = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*")
+        if p.suffix in (".py", ".c") and not (p.name == "__init__.py" and p.parent != PACKAGE)
+    }
+    assert listed == on_disk
