@@ -15,7 +15,7 @@ import sys
 import structlog
 from gevent.pywsgi import WSGIServer
 
-from greentap.app.forwarder import Forwarder
+from greentap import Forwarder
 from greentap.core.endpoints import parse_endpoint
 from greentap.ports import open_ports
 

@@ -67,9 +67,11 @@ class GreentapError(Exception):
     """Base class of every greentap error.
 
     Args:
-        reason: what happened, and what to do about it, without the endpoint.
+        reason: what happened, and what to do about it, without the endpoint
+            (default: the class's :attr:`default_reason`).
         endpoint: the interface or endpoint the error is about, or None.
-        errno: the kernel's error number, or None if the kernel was not asked.
+        errno: the kernel's error number (default: the class's
+            :attr:`default_errno`; None where the kernel was not asked).
 
     Attributes:
         endpoint: as given.
@@ -81,14 +83,20 @@ class GreentapError(Exception):
     reason: str
     errno: int | None
     strerror: str | None
+    #: What the error says when no reason is given.
+    default_reason = "error"
+    #: The errno of the error when none is given.
+    default_errno: int | None = None
 
     def __init__(
         self,
-        reason: str,
+        reason: str | None = None,
         *,
         endpoint: str | bytes | None = None,
         errno: int | None = None,
     ) -> None:
+        reason = reason or self.default_reason
+        errno = errno if errno is not None else self.default_errno
         # Exception.__init__ rather than super(): OSError would read the
         # arguments as (errno, strerror, filename).
         Exception.__init__(self, reason)
@@ -165,22 +173,14 @@ class TapNameTooLong(InterfaceNameError):
         self, reason: str | None = None, *, endpoint: str | bytes, errno: int | None = None
     ) -> None:
         self.length = len(endpoint if isinstance(endpoint, bytes) else os.fsencode(endpoint))
-        if reason is None:
-            reason = f"name is {self.length} bytes; Linux interface names are at most 15"
+        reason = reason or f"name is {self.length} bytes; Linux interface names are at most 15"
         super().__init__(reason, endpoint=endpoint, errno=errno)
 
 
 class TapNameConversion(InterfaceNameError):
     """The name contains a NUL byte and cannot become a C string."""
 
-    def __init__(
-        self,
-        reason: str = "name contains a NUL byte",
-        *,
-        endpoint: str | bytes | None = None,
-        errno: int | None = None,
-    ) -> None:
-        super().__init__(reason, endpoint=endpoint, errno=errno)
+    default_reason = "name contains a NUL byte"
 
 
 class InvalidInterfaceName(InterfaceNameError):
@@ -234,14 +234,8 @@ class PrivilegeDropFailed(SystemRefused):
 class EndpointVanished(SystemRefused):
     """The interface behind an open fd was deleted (or its namespace went away)."""
 
-    def __init__(
-        self,
-        reason: str = "interface was deleted while open (EBADFD); reopen or recreate it",
-        *,
-        endpoint: str | bytes | None = None,
-        errno: int | None = _errno.EBADFD,
-    ) -> None:
-        super().__init__(reason, endpoint=endpoint, errno=errno)
+    default_reason = "interface was deleted while open (EBADFD); reopen or recreate it"
+    default_errno = _errno.EBADFD
 
 
 class EndpointIOError(SystemRefused):
@@ -256,44 +250,24 @@ class PeerError(GreentapError):
 class PeerGone(PeerError):
     """The other side of an fd is gone: a read returned end of file."""
 
-    def __init__(
-        self,
-        reason: str = "end of file: the other side of the fd is gone",
-        *,
-        endpoint: str | bytes | None = None,
-        errno: int | None = None,
-    ) -> None:
-        super().__init__(reason, endpoint=endpoint, errno=errno)
+    default_reason = "end of file: the other side of the fd is gone"
 
 
 # --- nobody's fault -------------------------------------------------------------
 class EndpointClosed(GreentapError):
     """This program closed the endpoint (possibly while another greenlet waited on it)."""
 
-    def __init__(
-        self,
-        reason: str = "endpoint is closed",
-        *,
-        endpoint: str | bytes | None = None,
-        errno: int | None = _errno.EBADF,
-    ) -> None:
-        super().__init__(reason, endpoint=endpoint, errno=errno)
+    default_reason = "endpoint is closed"
+    default_errno = _errno.EBADF
 
 
 class UnsupportedArchitecture(GreentapError):
     """greentap does not know this architecture's ioctl encoding (greentap's gap)."""
 
-    def __init__(
-        self,
-        reason: str = (
-            "unknown ioctl encoding for this architecture; "
-            "add it to greentap.core.kernel_constants.IOC_ENCODINGS"
-        ),
-        *,
-        endpoint: str | bytes | None = None,
-        errno: int | None = None,
-    ) -> None:
-        super().__init__(reason, endpoint=endpoint, errno=errno)
+    default_reason = (
+        "unknown ioctl encoding for this architecture; "
+        "add it to greentap.core.kernel_constants.IOC_ENCODINGS"
+    )
 
 
 # --- the names of earlier releases -------------------------------------------
