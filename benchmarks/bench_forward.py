@@ -18,7 +18,11 @@ Builds two throw-away network namespaces A and B (addresses from
 * ``kernel-vxlan``: the kernel's vxlan on both sides of a veth underlay (the
   ceiling for tunnels);
 * ``kvxlan+tf``: the kernel's vxlan in A, tap-forward bridging it to a TAP in B;
-* ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN.
+* ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN;
+* with ``--baseline DIR`` (another checkout of greentap, its C loop built in
+  place, e.g. ``git worktree add /tmp/base <commit>`` then ``python setup.py
+  build_ext --inplace`` there): ``base-tap-forward`` and ``base-tf-python``,
+  that checkout's tap-forward in the same run, to show a change costs nothing.
 
 For each it measures ping RTT, iperf3 TCP throughput (one stream),
 small-frame packets/s (trafgen in A offers 106-byte UDP frames whose
@@ -93,16 +97,16 @@ class Topology:
         self.procs.append(proc)
         return proc
 
-    def tap_forward(self, ns, *args, mtu=None, pin=True, env=None):
-        """Start tap-forward (inside namespace `ns`, or here if None)."""
+    def tap_forward(self, ns, *args, mtu=None, pin=True, env=None, repo=REPO):
+        """Start tap-forward (inside namespace `ns`, or here if None) from checkout `repo`."""
         prefix = ["ip", "netns", "exec", ns] if ns else []
         if pin:
             prefix += FORWARDER_CPU
         extra = ["--mtu", str(mtu)] if mtu else []
         proc = self.start(
-            [*prefix, sys.executable, os.path.join(REPO, "scripts", "tap-forward"),
+            [*prefix, sys.executable, os.path.join(repo, "scripts", "tap-forward"),
              "--stats", "0", "--log-level", "warning", *extra, *args],
-            env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+            env={**os.environ, "PYTHONPATH": repo, **(env or {})},
         )  # fmt: skip
         self.forwarders.append(proc)
         return proc
@@ -149,10 +153,12 @@ def case_veth(topo):
     return a, da, b, db, None
 
 
-def case_tap_forward(topo, *args, env=None, pin=True):
+def case_tap_forward(topo, *args, env=None, pin=True, repo=REPO):
     a, b = topo.ns("a"), topo.ns("b")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(None, *args, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}", env=env, pin=pin)
+    topo.tap_forward(
+        None, *args, f"tap:{da}?netns={a}", f"tap:{db}?netns={b}", env=env, pin=pin, repo=repo
+    )
     wait_for_link(a, da)
     wait_for_link(b, db)
     return a, da, b, db, None
@@ -234,7 +240,11 @@ CASES = {
     "kernel-vxlan": (case_kernel_vxlan, ONE_FLOW),
     "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
     "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
+    # With --baseline DIR: the same as tap-forward and tf-python, from that checkout.
+    "base-tap-forward": (lambda t: case_tap_forward(t, repo=BASELINE[0]), ONE_FLOW),
+    "base-tf-python": (lambda t: case_tap_forward(t, env=PURE, repo=BASELINE[0]), ONE_FLOW),
 }
+BASELINE = [None]  # --baseline DIR
 #: (case, reference) pairs whose ratios the table prints.
 RATIOS = [
     ("tap-forward", "socat"),
@@ -246,6 +256,8 @@ RATIOS = [
     ("tf-py-2w-8flows", "tf-py-8flows"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
+    ("tap-forward", "base-tap-forward"),
+    ("tf-python", "base-tf-python"),
 ]
 #: The project's floors: (case, reference, metric, "min" or "max", bound).
 FLOORS = [
@@ -391,13 +403,28 @@ def main(argv=None):
         "--memory-seconds", type=int, default=60, help="length of the memory run (0: skip it)"
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another greentap checkout (C loop built in place): adds base-tap-forward and "
+        "base-tf-python, that checkout's tap-forward, to the cases",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench_forward: run as root (creates namespaces and TAPs)")
     for tool in ("ip", "ping", "iperf3", "socat", "trafgen", "timeout", "ethtool"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_forward: `{tool}` is missing (apt install iperf3 socat netsniff-ng)")
-    names = args.cases.split(",")
+    default = args.cases == parser.get_default("cases")
+    names = [n for n in args.cases.split(",") if not (default and n.startswith("base-"))]
+    if args.baseline:
+        if not os.path.exists(os.path.join(args.baseline, "scripts", "tap-forward")):
+            sys.exit(f"bench_forward: {args.baseline} is not a greentap checkout")
+        BASELINE[0] = os.path.abspath(args.baseline)
+        if default:
+            names += ["base-tap-forward", "base-tf-python"]
+    elif any(n.startswith("base-") for n in names):
+        sys.exit("bench_forward: base-* cases need --baseline DIR")
     unknown = set(names) - set(CASES)
     if unknown:
         sys.exit(f"bench_forward: unknown case(s) {', '.join(sorted(unknown))}")
