@@ -17,7 +17,6 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
 
 __all__ = ["Service"]
 
@@ -172,6 +171,10 @@ class Service:
         Raises:
             OSError: the address cannot be bound.
         """
+        # Imported on use: a few MB of resident memory a service without a web
+        # server does not need.
+        from gevent.pywsgi import WSGIServer
+
         server = WSGIServer(address, app, log=None, error_log=None)
         server.start()
         self._servers.append(server)

@@ -18,11 +18,9 @@ from typing import Any
 
 from greentap.app.exits import EXIT_OK
 from greentap.app.forwarder import Forwarder
-from greentap.app.metrics import serve_metrics
 from greentap.app.privileges import drop_privileges, resolve
 from greentap.app.service import Service
 from greentap.app.stats import StatsReporter
-from greentap.app.supervisor import Supervisor
 from greentap.core.endpoints import EndpointSpec, parse_endpoint
 from greentap.errors import UsageError
 from greentap.green import relay
@@ -184,7 +182,7 @@ def execute(decided: Plan, log: Any, *, attach: Attach | None = None) -> int:
     """
     options, specs, offload = decided.options, decided.specs, decided.offload
     if options.workers > 1:
-        supervisor = _supervisor(options, specs, offload, log)
+        supervisor = _supervisor(options, specs, offload, log)  # imports it: see below
         for info in supervisor.describe():
             log.info("endpoint_opened", **info)
         return serve(supervisor, options, log, drop=False)
@@ -201,9 +199,11 @@ def execute(decided: Plan, log: Any, *, attach: Attach | None = None) -> int:
     return serve(forwarder, options, log, attach=attach)
 
 
-def _supervisor(
-    options: Options, specs: Sequence[EndpointSpec], offload: bool, log: Any
-) -> Supervisor:
+def _supervisor(options: Options, specs: Sequence[EndpointSpec], offload: bool, log: Any) -> Any:
+    # Imported on use, as the metrics below: what a single forwarder does not need
+    # (gevent.subprocess, prometheus_client) stays out of its resident memory.
+    from greentap.app.supervisor import Supervisor
+
     config = {
         "log_format": options.log_format, "log_level": options.log_level,
         "aging": options.aging, "max_macs": options.max_macs, "keep_warm": options.keep_warm,
@@ -239,6 +239,8 @@ def serve(
     try:
         service.handle_signals()
         if options.metrics:
+            from greentap.app.metrics import serve_metrics  # on use: see _supervisor
+
             serve_metrics(service, options.metrics, log)
         if attach is not None:
             after = attach(service)

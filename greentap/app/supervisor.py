@@ -49,9 +49,8 @@ from greentap.device.link import LinkState
 from greentap.device.tun import TapDevice
 from greentap.ports.tap import put_back
 
-__all__ = ["REPORT_INTERVAL", "Supervisor", "combine"]
+__all__ = ["REPORT_MAX", "Supervisor", "combine"]
 
-REPORT_INTERVAL = 0.5  # seconds between two counter reports of a worker
 REPORT_MAX = 1 << 20  # largest report message
 #: Worker exit statuses that mean "this will never work": stop, do not restart.
 _FATAL = {EXIT_USAGE, EXIT_PERMISSION, EXIT_BUSY, EXIT_SYSTEM}

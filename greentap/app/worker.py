@@ -11,7 +11,7 @@ The :class:`~greentap.app.supervisor.Supervisor` starts each worker as
 
 So the worker protocol is no part of the user-facing command line.  The
 worker runs the ordinary forwarder, reports its counters every
-:data:`~greentap.app.supervisor.REPORT_INTERVAL` seconds and once more when
+:data:`REPORT_INTERVAL` seconds and once more when
 it stops, and stops by itself when the supervisor vanishes (the report
 socket reads end of file).  It exits with the command's exit statuses
 (:mod:`greentap.app.exits`): a usage or permission error stops everything.
@@ -32,10 +32,11 @@ import structlog
 from greentap.app import startup
 from greentap.app.exits import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_status
 from greentap.app.logs import PROG, configure_logging
-from greentap.app.supervisor import REPORT_INTERVAL
 from greentap.errors import GreentapError
 
-__all__ = ["main", "report_to"]
+__all__ = ["REPORT_INTERVAL", "main", "report_to"]
+
+REPORT_INTERVAL = 0.5  # seconds between two counter reports to the supervisor
 
 
 def report_to(forwarder: Any, fd: int, interval: float = REPORT_INTERVAL) -> Callable[[], None]:
