@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from greentap.green import relay
 from greentap.green.polled import Tap
 
 
@@ -19,6 +20,26 @@ def must_run():
 def open_fds():
     """Return the set of fds open in this process."""
     return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(params=["c", "python"])
+def relay_loop(request, monkeypatch):
+    """Run a forwarding test over each relay loop, the C one and the pure-Python one.
+
+    For "python", this process's relay runs its Python loop and the tap-forward
+    processes a test starts inherit ``GREENTAP_PURE_PYTHON=1``.  Where the C loop
+    must run (CI, scripts/run-tests) its absence fails the "c" half.
+    """
+    if request.param == "python":
+        monkeypatch.setenv("GREENTAP_PURE_PYTHON", "1")
+        monkeypatch.setattr(relay, "_relay_batch", None)
+        monkeypatch.setattr(relay, "LOOP", "python")
+        monkeypatch.setattr(relay, "LOOP_REASON", "GREENTAP_PURE_PYTHON is set")
+    elif relay._relay_batch is None:
+        if must_run():
+            pytest.fail(f"the C relay loop must run here but is missing: {relay.LOOP_REASON}")
+        pytest.skip(f"the C relay loop is missing: {relay.LOOP_REASON}")
+    return request.param
 
 
 @pytest.fixture

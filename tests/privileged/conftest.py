@@ -156,8 +156,8 @@ def forwarders(tmp_path):
 
     started = []
 
-    def start(*args, netns=None):
-        tf = TapForward(*args, tmp_path=tmp_path, netns=netns)
+    def start(*args, netns=None, env=None):
+        tf = TapForward(*args, tmp_path=tmp_path, netns=netns, env=env)
         started.append(tf)
         return tf
 

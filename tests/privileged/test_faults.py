@@ -7,25 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.privileged.conftest import python_env, sh
-from tests.privileged.topology import SCRIPT, Host, hosts, underlay
+from tests.privileged.topology import SCRIPT, Host, hosts, underlay, wait_until
+
+# Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("relay_loop")
 
 
 def ok(ping):
     return ping.returncode == 0 and " 0% packet loss" in ping.stdout
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_link_down_and_up_are_each_logged_once(make_netns, forwarders):
@@ -49,16 +42,20 @@ def test_link_down_and_up_are_each_logged_once(make_netns, forwarders):
 
 
 def test_a_deleted_persistent_tap_is_reattached_when_it_comes_back(make_netns, forwarders):
-    """Delete a persistent TAP under tap-forward: endpoint_failed (waiting for it);
-    re-create it: endpoint_recovered, it is brought up again and ping works; on
-    exit it is left as it was found (kept, down)."""
+    """Delete a persistent TAP under tap-forward: endpoint_failed (waiting for it),
+    and each frame for it meanwhile counted in its tx_errors; re-create it:
+    endpoint_recovered, configured as at start (up, --mtu, offloads) and ping works;
+    on exit it is left as it was found (kept, down, its own MTU)."""
     a, b = hosts(make_netns, 2)
     b.ns.ip("tuntap", "add", "dev", b.tap, "mode", "tap")
-    tf = forwarders("--stats", "0", a.endpoint, b.endpoint)
+    tf = forwarders("--stats", "0", "--mtu", "1400", a.endpoint, b.endpoint)
     tf.wait_for("forwarding")
     a.configure()
     b.configure()
+    a.knows(b)  # permanent neighbours, no ARP: every frame below is counted exactly
+    b.knows(a)
     assert ok(a.ping(b, count=2))
+    assert offloads(b) == {"tcp-segmentation-offload": "on", "tx-checksumming": "on"}
     b.ns.ip("link", "del", b.tap)
     failed = tf.wait_for("endpoint_failed", endpoint=b.tap)
     assert failed["waiting_for_it"] is True
@@ -66,15 +63,30 @@ def test_a_deleted_persistent_tap_is_reattached_when_it_comes_back(make_netns, f
     assert b.ns.link(b.tap) is None  # tap-forward never creates it behind our back
     b.ns.ip("tuntap", "add", "dev", b.tap, "mode", "tap")
     tf.wait_for("endpoint_recovered", endpoint=b.tap)
-    assert "UP" in b.ns.link(b.tap)["flags"]
+    link = b.ns.link(b.tap)
+    assert "UP" in link["flags"] and link["mtu"] == 1400
+    assert offloads(b) == {"tcp-segmentation-offload": "on", "tx-checksumming": "on"}
     b.configure()  # a new device: its address went with the old one
-    a.ns.ip("neigh", "flush", "dev", a.tap)  # and it has a new MAC address
+    a.knows(b)  # and it has a new MAC address
+    b.knows(a)
     assert ok(a.ping(b, count=3))
     assert tf.count("endpoint_failed") == 1 and tf.count("endpoint_recovered") == 1
     stats = tf.final_stats()
-    assert stats[b.tap]["tx_errors"] >= 1  # frames for it while it was gone
+    assert stats[b.tap]["tx_errors"] == 2  # the two frames for it while it was gone
+    assert stats[b.tap]["tx_packets"] == 2 + 3  # the pings before and after
     kept = b.ns.link(b.tap)
-    assert kept is not None and "UP" not in kept["flags"]
+    assert kept is not None and "UP" not in kept["flags"] and kept["mtu"] == 1500
+
+
+def offloads(host):
+    """The TAP's checksum and segmentation offloads, as `ethtool -k` shows them."""
+    out = host.ns.exec("ethtool", "-k", host.tap).stdout
+    wanted = ("tcp-segmentation-offload", "tx-checksumming")
+    return {
+        key: value.split()[0]
+        for key, _, value in (line.strip().partition(": ") for line in out.splitlines())
+        if key in wanted
+    }
 
 
 def test_a_deleted_tap_it_created_is_not_recreated(make_netns, forwarders):

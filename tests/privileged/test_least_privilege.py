@@ -7,11 +7,16 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 import greentap
 from greentap import cli
 from greentap.app.privileges import read_status
 from tests.privileged.conftest import capless_python, python_env, unique
 from tests.privileged.topology import TapForward, hosts
+
+# Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("relay_loop")
 
 
 def test_user_drops_root_after_opening_and_keeps_forwarding(make_netns, tmp_path):
@@ -37,14 +42,37 @@ def test_user_drops_root_after_opening_and_keeps_forwarding(make_netns, tmp_path
 
 
 def test_unknown_user_fails_closed(make_netns, tmp_path):
-    """--user with a user that does not exist: one line, exit 3, nothing left behind."""
+    """--user with a user that does not exist: one line, exit 3, before any endpoint
+    is opened (nothing to leave behind)."""
     a, b = hosts(make_netns, 2)
     tf = TapForward("--user", "no-such-user-gt", a.endpoint, b.endpoint, tmp_path=tmp_path)
     try:
         assert tf.proc.wait(timeout=20) == cli.EXIT_PERMISSION
         lines = tf.log_path.read_text().strip().splitlines()
         assert "no such user" in lines[-1] and "Traceback" not in tf.log_path.read_text()
-        assert not any('"forwarding"' in x and "privileges_dropped" in x for x in lines)
+        events = [e["event"] for e in tf.events()]
+        assert not {"endpoint_opened", "forwarding", "privileges_dropped"} & set(events)
+    finally:
+        tf.stop()
+    assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None
+
+
+def test_a_drop_that_fails_after_opening_fails_closed(make_netns, tmp_path):
+    """--user nobody without CAP_SETUID/CAP_SETGID (removed by setpriv): the endpoints
+    open, the drop fails, and tap-forward exits 3 without ever forwarding: the
+    `forwarding` event never comes, the TAPs it created are gone."""
+    a, b = hosts(make_netns, 2)
+    tf = TapForward(
+        "--stats", "0", "--user", "nobody", a.endpoint, b.endpoint, tmp_path=tmp_path,
+        prefix=("setpriv", "--bounding-set=-setuid,-setgid", "--"),
+    )  # fmt: skip
+    try:
+        assert tf.proc.wait(timeout=20) == cli.EXIT_PERMISSION
+        text = tf.log_path.read_text()
+        assert "PrivilegeDropFailed" in text.strip().splitlines()[-1], text
+        events = [e["event"] for e in tf.events()]
+        assert events.count("endpoint_opened") == 2  # it got as far as opening
+        assert "forwarding" not in events and "privileges_dropped" not in events
     finally:
         tf.stop()
     assert a.ns.link(a.tap) is None and b.ns.link(b.tap) is None

@@ -8,6 +8,9 @@ import pytest
 from greentap import cli
 from tests.privileged.topology import Host, TapForward, hosts, underlay
 
+# Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("relay_loop")
+
 TRANSFER = 64 << 20  # bytes
 
 RECEIVER = textwrap.dedent(

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from tests import frames
-from tests.privileged.topology import Host, TapForward, iperf3, underlay
+from tests.privileged.topology import Host, TapForward, blast, iperf3, underlay
 
 VNI = 42
 
@@ -189,3 +189,54 @@ def test_raw_udp_matches_qemus_one_frame_per_datagram(netns, tmp_path):
     finally:
         tf.stop()
         peer.close()
+
+
+RECEIVER = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 4789))
+    s.settimeout(10)
+    print("listening", flush=True)
+    while True:
+        try:
+            print(len(s.recv(65536)), flush=True)
+        except socket.timeout:
+            break
+    """
+)
+
+
+def test_a_frame_just_over_the_path_mtu_is_counted_too_big_never_fragmented(
+    make_netns, forwarder_in
+):
+    """An underlay of MTU 1000: a frame whose VXLAN datagram just fits (964 bytes: 964
+    + 8 + 8 + 20 = 1000) crosses whole; one a byte larger is refused by the kernel
+    (path-MTU discovery "do") and counted as tx_too_big: nothing of it, not even a
+    fragment, reaches the other side."""
+    f, r, b_ns = make_netns(), make_netns(), make_netns()
+    uf, ur = underlay(f, r, "198.18.2.2", "198.18.2.1")
+    f.ip("link", "set", uf, "mtu", "1000")
+    r.ip("link", "set", ur, "mtu", "1000")
+    assert ping(f, "198.18.2.1", count=1).returncode == 0  # ARP done before counting
+    b = Host(b_ns, 1)
+    endpoint = "vxlan://198.18.2.1?vni=42&local=198.18.2.2:4789"
+    tf = forwarder_in(f, "--stats", "0", endpoint, b.endpoint)
+    receiver = r.popen(
+        sys.executable, "-c", RECEIVER, "198.18.2.1", stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert receiver.stdout.readline() == "listening\n"
+        before = r.link(ur)["stats64"]["rx"]["packets"]
+        for size in (965, 964):  # the one that cannot fit first, then the one that can
+            sent = blast(b_ns, b.tap, 1, "--size", str(size))
+            assert sent["sent"] == 1
+        assert receiver.stdout.readline() == f"{8 + 964}\n"  # the fitting one, whole
+        arrived = r.link(ur)["stats64"]["rx"]["packets"] - before
+    finally:
+        receiver.kill()
+        receiver.wait()
+    stats = final_stats(tf)[endpoint]
+    assert stats["drops"] == {"tx_too_big": 1}
+    assert (stats["tx_packets"], stats["tx_errors"]) == (1, 1)
+    assert arrived == 1  # one packet on the wire: the 964-byte frame, no fragment

@@ -16,6 +16,15 @@ SCRIPT = os.path.join(ROOT, "scripts", "tap-forward")
 BLAST = os.path.join(ROOT, "benchmarks", "blast.py")
 
 
+def wait_until(predicate, timeout=10, what="the condition"):
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come true within {timeout} s")
+        time.sleep(0.01)
+
+
 class Host:
     """A namespace with a TAP (made by the forwarder) and an address in 198.18.0.0/24."""
 
@@ -27,6 +36,21 @@ class Host:
 
     def configure(self):
         self.ns.ip("addr", "add", f"{self.ip}/24", "dev", self.tap)
+
+    @property
+    def mac(self):
+        """The TAP's MAC address, as the kernel reports it."""
+        return self.ns.link(self.tap)["address"]
+
+    def knows(self, *others):
+        """Permanent neighbour entries for ``others``: no ARP, so frame counts are exact."""
+        for other in others:
+            self.ns.ip("neigh", "replace", other.ip, "lladdr", other.mac, "dev", self.tap,
+                       "nud", "permanent")  # fmt: skip
+
+    def tap_counters(self):
+        """The kernel's counters of the TAP: ``tx`` = frames it handed to the forwarder."""
+        return self.ns.link(self.tap)["stats64"]
 
     def ping(self, other, count=3, interval="0.2"):
         return self.ns.exec(
@@ -111,15 +135,17 @@ def gevent_wait(proc, timeout=60):
 class TapForward:
     """`tap-forward` run as a subprocess, as a user would; JSON logs on stderr."""
 
-    def __init__(self, *args, tmp_path, netns=None):
+    def __init__(self, *args, tmp_path, netns=None, prefix=(), env=None):
+        """Start it (inside ``netns`` if given, behind the command ``prefix`` if given,
+        with ``env`` added to its environment)."""
         self.log_path = tmp_path / f"tap-forward-{unique('')}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        prefix = ["ip", "netns", "exec", netns] if netns else []
+        prefix = (["ip", "netns", "exec", netns] if netns else []) + list(prefix)
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, SCRIPT, "--log-format", "json", *args],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            env=python_env(),
+            env={**python_env(), **(env or {})},
         )
 
     def events(self):

@@ -107,3 +107,30 @@ def test_python_dash_m_greentap_is_tap_forward():
         )  # fmt: skip
         assert out.returncode == status
         assert text in out.stdout + out.stderr
+
+
+def test_a_system_error_is_status_5_on_one_line(tmp_path):
+    """A capture in a directory that does not exist: the system refuses, status 5, one
+    line naming the file; the capture is opened first, so no TAP was touched."""
+    out = tap_forward(f"pcap:{tmp_path}/no/such/dir/x.pcap", "a", "b")
+    lines = out.stderr.strip().splitlines()
+    assert (out.returncode, len(lines)) == (cli.EXIT_SYSTEM, 1), out.stderr
+    assert lines[0].startswith("tap-forward: error: EndpointUnavailable: pcap:")
+    assert "No such file or directory" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_an_internal_error_is_status_1_on_one_line():
+    """A bug (here one planted in the start-up) is status 1 and one line saying it is an
+    internal error, never a traceback."""
+    code = (
+        "import sys; from greentap.app import startup; "
+        "startup.execute = lambda *a, **k: {}['planted']; "
+        "from greentap.cli import main; sys.exit(main(['a', 'b']))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env
+    )
+    lines = out.stderr.strip().splitlines()
+    assert (out.returncode, len(lines)) == (cli.EXIT_INTERNAL, 1), out.stderr
+    assert lines[0] == "tap-forward: error: internal error: KeyError: 'planted'"

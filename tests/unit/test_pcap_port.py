@@ -63,6 +63,48 @@ def test_rotation_keeps_at_most_keep_files_each_valid_and_within_the_limit(tmp_p
     assert len(kept) > 0
 
 
+def test_sighup_rotates_a_rotating_capture(tmp_path):
+    """reopen() (what SIGHUP does) on a capture with rotate=: the frames so far are in
+    PATH.1, the frames after it in a new PATH, both valid files."""
+    path = tmp_path / "cap.pcap"
+    port = PcapPort(str(path), rotate=1 << 20, keep=3)
+    before, after = frames(5, size=80), frames(7, size=90)
+    for f in before:
+        port.send(f)
+    port.reopen()
+    for f in after:
+        port.send(f)
+    port.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.pcap", "cap.pcap.1"]
+    assert [b for _, _, b in pcap.parse((tmp_path / "cap.pcap.1").read_bytes())[1]] == before
+    assert [b for _, _, b in pcap.parse(path.read_bytes())[1]] == after
+
+
+def test_sighup_starts_a_new_file_where_the_old_was_moved_away(tmp_path):
+    """reopen() after log rotation moved PATH away: a new PATH gets the later frames;
+    a file still in place is kept as it is (reopening would truncate it)."""
+    path = tmp_path / "cap.pcap"
+    port = PcapPort(str(path))
+    port.send(frames(1, size=70)[0])
+    port.reopen()  # still in place: nothing happens
+    port.send(frames(1, size=71)[0])
+    port._flush()
+    wait_for(lambda: path.stat().st_size > pcap.GLOBAL_HEADER_SIZE + 2 * 16 + 70)
+    os.rename(path, tmp_path / "moved.pcap")
+    port.reopen()
+    port.send(frames(1, size=72)[0])
+    port.close()
+    moved = [len(b) for _, _, b in pcap.parse((tmp_path / "moved.pcap").read_bytes())[1]]
+    assert moved == [70, 71]
+    assert [len(b) for _, _, b in pcap.parse(path.read_bytes())[1]] == [72]
+
+
+def wait_for(predicate, timeout=5):
+    with gevent.Timeout(timeout, AssertionError("the writer did not catch up")):
+        while not predicate():
+            gevent.sleep(0.01)
+
+
 def fifo_with_idle_reader(tmp_path):
     path = tmp_path / "fifo"
     os.mkfifo(path)
@@ -70,17 +112,18 @@ def fifo_with_idle_reader(tmp_path):
     return path, reader
 
 
+@pytest.mark.timeout(20, method="signal")  # a send that blocked in a write would hang here
 def test_a_stalled_reader_costs_frames_not_the_hub(tmp_path):
     """When the writer cannot keep up, frames for the capture are dropped and counted;
-    send() never blocks the hub."""
+    send() never blocks (a blocking write to the stalled FIFO would hang the test
+    until its signal-based timeout fails it)."""
     path, reader = fifo_with_idle_reader(tmp_path)
     port = PcapPort(str(path), backlog_limit=256 * 1024)
     assert stat.S_ISFIFO(os.stat(path).st_mode)
     ticks = []
     ticker = gevent.spawn(lambda: [ticks.append(1) or gevent.sleep(0) for _ in range(10**7)])
-    with gevent.Timeout(5, AssertionError("send() blocked the hub")):
-        results = [port.send(f) for f in frames(20000, size=200)]
-        gevent.sleep(0)
+    results = [port.send(f) for f in frames(20000, size=200)]
+    gevent.sleep(0)
     ticker.kill()
     assert results.count(False) > 0
     assert port.drops["tx_backlog"] == results.count(False) == port.counters.tx_dropped

@@ -226,3 +226,45 @@ def test_vxlan_over_ipv6(closing):
     r.sendto(vxlan.encode(99, frame(A, B)), port.local)
     assert recv_frame(port) == frame(A, B)
     assert port.describe()["local"].startswith("[::1]:")
+
+
+def test_the_vxlan_remote_table_is_bounded_and_ages(closing):
+    """The MAC -> remote table holds at most max_entries (a new MAC is refused, not
+    evicting a live one) and forgets a MAC after `aging`: its frames are flooded again."""
+    r1, r2 = vteps(2, closing)
+    port = VxlanPort(
+        "vx", [r1.getsockname(), r2.getsockname()], 7, ("127.0.0.1", 0),
+        aging=0.2, max_entries=2,
+    )  # fmt: skip
+    closing(port)
+    macs = [bytes.fromhex(f"0200000000a{i}") for i in range(3)]
+    for mac in macs:  # three MACs behind r2; the table keeps two
+        r2.sendto(vxlan.encode(7, frame(BCAST, mac)), port.local)
+        recv_frame(port)
+    assert len(port.mac_table()) == 2
+    assert port._table.refused == 1  # the third was refused, the first two kept
+    port.send(frame(macs[0], A))  # known: to r2 only
+    assert r2.recv(2000) == vxlan.encode(7, frame(macs[0], A))
+    r1.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        r1.recv(2000)
+    port.send(frame(macs[2], A))  # refused, so unknown: flooded to both
+    assert r1.recv(2000) == r2.recv(2000) == vxlan.encode(7, frame(macs[2], A))
+    gevent.sleep(0.3)  # past the aging time: the table's clock is the hub's
+    port.send(frame(macs[0], A))  # forgotten: flooded to both again
+    assert r1.recv(2000) == r2.recv(2000) == vxlan.encode(7, frame(macs[0], A))
+    assert port.mac_table() == []
+
+
+def test_a_datagram_larger_than_any_frame_is_truncated_and_counted(closing):
+    """Over IPv6 a UDP payload may be 65,527 bytes, more than the port reads
+    (65,507): such a datagram arrives truncated, is dropped as rx_truncated and
+    counted; the next one passes."""
+    r = peer("::1")
+    closing(r)
+    port = UdpPort("udp", r.getsockname()[:2], ("::1", 0))
+    closing(port)
+    r.sendto(frame(BCAST, A) + bytes(65527 - 60), port.local)
+    r.sendto(frame(BCAST, B), port.local)
+    assert recv_frame(port) == frame(BCAST, B)
+    assert port.drops == {"rx_truncated": 1} and port.counters.rx_errors == 1
