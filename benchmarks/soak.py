@@ -16,7 +16,12 @@ checks:
 * the counters add up, per direction: frames read on one side = frames
   written on the other + drops counted by reason (backpressure, link down,
   errors), exactly;
-* the TCP stream never stalled (no 1-second iperf3 interval without data).
+* the forwarder's counters agree with the kernel's, exactly: what it read
+  from each TAP is what that TAP's kernel counted as handed over (``tx``), what
+  it wrote is what the kernel took (``rx``); and every frame the burst sender
+  says it sent was handed over or dropped by the kernel, counted;
+* the TCP stream never stalled (no 1-second iperf3 interval without data);
+* the pings lost no more than 1%.
 
 It prints a small report and exits 1 if any check failed.  CI runs it for
 60 seconds (``tests/privileged/test_soak.py``); the default is 10 minutes.
@@ -38,6 +43,7 @@ ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.join(ROOT, "scripts", "tap-forward")
 BLAST = os.path.join(HERE, "blast.py")
 RSS_GROWTH_LIMIT = 0.05
+PING_LOSS_LIMIT = 1.0  # percent
 BURST = 50_000
 
 
@@ -112,6 +118,20 @@ def final_stats(log_path):
     return {e["endpoint"]: e for e in log_events(log_path) if e.get("event") == "stats"}
 
 
+def kernel_counters(ns, dev):
+    """The kernel's counters of a device: ``tx`` = frames handed to a TAP's reader."""
+    out = ns.exec("ip", "-j", "-s", "link", "show", "dev", dev).stdout
+    return json.loads(out)[0]["stats64"]
+
+
+def ping_loss(ping_out):
+    """The percentage of pings lost, from ping's summary (None if there is none)."""
+    for line in ping_out.splitlines():
+        if "packet loss" in line:
+            return float(line.split("% packet loss")[0].rsplit(" ", 1)[-1])
+    return None
+
+
 def balance(stats, src, dst):
     """Frames read on src, and where they went on dst (written + each drop reason)."""
     s, d = stats[src], stats[dst]
@@ -146,6 +166,14 @@ def run(args):
         url = wait_for_event(log_path, "metrics_listening", fwd)["url"]
         a.exec("ip", "addr", "add", "198.18.0.1/24", "dev", tap_a)
         b.exec("ip", "addr", "add", "198.18.0.2/24", "dev", tap_b)
+        # Permanent neighbours: no ARP, so nothing moves once the loads stop and the
+        # forwarder's counters can be held against the kernel's exactly.
+        mac_a = json.loads(a.exec("ip", "-j", "link", "show", tap_a).stdout)[0]["address"]
+        mac_b = json.loads(b.exec("ip", "-j", "link", "show", tap_b).stdout)[0]["address"]
+        a.exec("ip", "neigh", "replace", "198.18.0.2", "lladdr", mac_b, "dev", tap_a,
+               "nud", "permanent")  # fmt: skip
+        b.exec("ip", "neigh", "replace", "198.18.0.1", "lladdr", mac_a, "dev", tap_b,
+               "nud", "permanent")  # fmt: skip
         # Room in the TAP's queue for a whole burst: drops are then ours to count.
         a.exec("ip", "link", "set", "dev", tap_a, "txqueuelen", str(BURST))
         duration = args.duration
@@ -154,9 +182,17 @@ def run(args):
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(ping)
-        iperf_srv = b.popen("iperf3", "-s", "-1", "-B", "198.18.0.2", stdout=subprocess.DEVNULL)
+        iperf_srv = b.popen(
+            "iperf3", "-s", "-1", "--forceflush", "-B", "198.18.0.2",
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
         procs.append(iperf_srv)
-        time.sleep(0.5)  # the server binds; the client below retries anyway
+        # iperf3's client does not retry: start it once the server says it listens.
+        for _ in range(5):
+            if "Server listening" in iperf_srv.stdout.readline():
+                break
+        else:
+            raise RuntimeError("the iperf3 server did not start")
         iperf = a.popen(
             "iperf3", "-c", "198.18.0.2", "-t", str(int(duration)), "-J",
             "--connect-timeout", "3000", stdout=subprocess.PIPE, text=True,
@@ -189,12 +225,24 @@ def run(args):
         iperf_out, _ = iperf.communicate(timeout=duration + 60)
         ping_out, _ = ping.communicate(timeout=60)
         still_alive = fwd.poll() is None
-        status = None
+        kernel, status = {}, None
         if still_alive:
+            # The loads are over: wait until the forwarder has read what was handed to it
+            # (its metrics catch up with the kernel), then read the kernel's counters;
+            # the TAPs go with the process.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                kernel = {tap_a: kernel_counters(a, tap_a), tap_b: kernel_counters(b, tap_b)}
+                m = scrape(url)
+                if all(m.get(("greentap_rx_packets_total", t)) == kernel[t]["tx"]["packets"]
+                       for t in kernel):  # fmt: skip
+                    break
+                time.sleep(0.1)
             fwd.send_signal(signal.SIGTERM)
             status = fwd.wait(timeout=10)
+        sent = sum(s.get("burst", 0) for s in samples)
         code = report(args, samples, still_alive, status, final_stats(log_path),
-                      (tap_a, tap_b), iperf_out, ping_out)  # fmt: skip
+                      (tap_a, tap_b), iperf_out, ping_out, kernel, sent)  # fmt: skip
         if code == 0 and not args.log:
             os.unlink(log_path)
         else:
@@ -209,7 +257,7 @@ def run(args):
         b.delete()
 
 
-def report(args, samples, alive, status, stats, taps, iperf_out, ping_out):
+def report(args, samples, alive, status, stats, taps, iperf_out, ping_out, kernel, sent):
     tap_a, tap_b = taps
     checks = []
 
@@ -237,6 +285,25 @@ def report(args, samples, alive, status, stats, taps, iperf_out, ping_out):
             check(f"counters add up {src} -> {dst}", b["read"] == b["accounted"], b)
         else:
             check(f"counters add up {src} -> {dst}", False, "no final stats logged")
+    for tap in taps:
+        if tap in stats and tap in kernel:
+            k, f = kernel[tap], stats[tap]
+            pairs = {"read": (f["rx_packets"], k["tx"]["packets"]),
+                     "written": (f["tx_packets"], k["rx"]["packets"])}  # fmt: skip
+            check(f"{tap}: the forwarder's counters are the kernel's",
+                  all(x == y for x, y in pairs.values()),
+                  {n: f"forwarder {x}, kernel {y}" for n, (x, y) in pairs.items()})  # fmt: skip
+        else:
+            check(f"{tap}: the forwarder's counters are the kernel's", False, "no counters")
+    if taps[0] in kernel:
+        k = kernel[taps[0]]["tx"]
+        check("every frame the sender sent was handed over or dropped, counted",
+              k["packets"] + k["dropped"] >= sent,
+              f"sent {sent} in bursts; the kernel handed over {k['packets']} "
+              f"(bursts, pings and TCP) and dropped {k['dropped']}")  # fmt: skip
+    loss = ping_loss(ping_out)
+    check("pings not lost", loss is not None and loss <= PING_LOSS_LIMIT,
+          f"{loss}% lost (limit {PING_LOSS_LIMIT:g}%)")  # fmt: skip
     try:
         intervals = json.loads(iperf_out)["intervals"]
         sums = [i["sum"]["bytes"] for i in intervals]

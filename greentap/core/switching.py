@@ -18,8 +18,9 @@ from greentap.core.kernel_constants import ETH_ALEN, ETH_HLEN
 
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_ENTRIES = 8192
-# An entry's timestamp is refreshed at most this often: a dict write per
-# frame would cost more than the forwarding itself.
+# An entry's timestamp is refreshed at most this often (or a quarter of the
+# aging time, if shorter, so a station that keeps talking is never forgotten):
+# a dict write per frame would cost more than the forwarding itself.
 _REFRESH = 1.0
 # A full table is swept for expired entries at most this often.
 _SWEEP_INTERVAL = 1.0
@@ -47,6 +48,7 @@ class MacTable:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.aging = float(aging)
+        self._refresh = min(_REFRESH, self.aging / 4)
         self.max_entries = int(max_entries)
         self._entries: dict[bytes, list] = {}  # mac bytes -> [port, last_seen]
         self._next_sweep = 0.0
@@ -69,7 +71,7 @@ class MacTable:
                 entry[0] = port
                 entry[1] = now
                 self.moved += 1
-            elif now - entry[1] >= _REFRESH:
+            elif now - entry[1] >= self._refresh:
                 entry[1] = now
             return
         if len(self._entries) >= self.max_entries:

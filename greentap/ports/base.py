@@ -87,8 +87,11 @@ class Port:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """Return a dict describing the port for logs."""
-        return {"endpoint": self.name, "kind": self.kind}
+        """Return a dict describing the port for logs (with its rate limit, if any)."""
+        info: dict[str, Any] = {"endpoint": self.name, "kind": self.kind}
+        if self.policer is not None:
+            info.update(rate=self.policer.rate, burst=self.policer.burst)
+        return info
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -198,8 +198,7 @@ class TapPort(FramePort):
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
         return {
-            "endpoint": self.name,
-            "kind": self.kind,
+            **super().describe(),
             "created": self.created,
             "netns": self.tap.netns,
             "offload": self.tap.offload,

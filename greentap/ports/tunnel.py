@@ -127,8 +127,7 @@ class DatagramPort(Port):
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
         return {
-            "endpoint": self.name,
-            "kind": self.kind,
+            **super().describe(),
             "local": _format_addr(self.local),
             "remotes": [_format_addr(a) for a in self.remotes],
         }

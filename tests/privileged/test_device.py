@@ -2,13 +2,15 @@
 
 import errno
 import os
+import subprocess
 import textwrap
 
+import gevent
 import pytest
 
 import greentap
 from greentap.core import kernel_constants as kc
-from tests.privileged.conftest import capless_python, unique
+from tests.privileged.conftest import capless_python, sh, unique
 
 
 def test_template_gets_a_kernel_assigned_name(netns, open_tap):
@@ -267,3 +269,25 @@ def test_no_fd_leaks_across_failed_opens(netns, open_tap):
         with pytest.raises(greentap.SetTapAttributes):
             greentap.Tap(tap.name, netns=netns.name)
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_moved_tap_keeps_its_fd_but_leaves_its_link_settings_behind(make_netns, open_tap):
+    """`ip link set TAP netns OTHER`: the fd stays attached (attached() is true, frames
+    still flow through it), but the link settings, made through a socket in the
+    original namespace, fail with LinkConfigFailed saying why, and exists() is false."""
+    tap = open_tap()
+    other = make_netns()
+    first = tap.link.netns
+    sh("ip", "-n", first, "link", "set", tap.name, "netns", other.name)
+    assert tap.attached() and not tap.exists()
+    with pytest.raises(greentap.LinkConfigFailed, match="moved to another namespace") as exc:
+        tap.mtu = 1400
+    assert exc.value.errno == errno.ENODEV and exc.value.endpoint == tap.name
+    other.ip("link", "set", tap.name, "up")
+    with tap.polled() as polled:  # the moved device still carries frames, both ways
+        other.exec("ip", "addr", "add", "198.18.0.1/24", "dev", tap.name)
+        proc = other.popen("ping", "-c", "1", "-W", "1", "198.18.0.2", stdout=subprocess.DEVNULL)
+        with gevent.Timeout(5, AssertionError("no ARP request from the moved TAP")):
+            frame = polled.recv()
+        proc.wait(timeout=10)
+    assert frame[12:14] == b"\x08\x06"

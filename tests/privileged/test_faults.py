@@ -8,9 +8,14 @@ import signal
 import subprocess
 import sys
 
+import gevent
 import pytest
+import structlog
+import structlog.testing
 
-from tests.privileged.conftest import python_env, sh
+from greentap.app.forwarder import Forwarder
+from greentap.ports.tap import TapPort
+from tests.privileged.conftest import python_env, sh, unique
 from tests.privileged.topology import SCRIPT, Host, hosts, underlay, wait_until
 
 # Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
@@ -261,3 +266,32 @@ def test_sighup_reopens_a_moved_capture_and_keeps_forwarding(
         assert (echo_requests(old), echo_requests(cap)) == (3, 4)
     else:
         assert echo_requests(cap) == 7 and not old.exists()
+
+
+def test_sighup_reattaches_a_tap_that_came_back_at_once(netns):
+    """reopen() (what SIGHUP does) looks at every endpoint now: a persistent TAP that
+    was deleted and is back is re-attached by it, with no monitor running at all."""
+    name, other = unique(), unique()
+    netns.ip("tuntap", "add", "dev", name, "mode", "tap")
+    capture = structlog.testing.LogCapture()
+    ports = [TapPort(name, netns=netns.name), TapPort(other, netns=netns.name)]
+    fwd = Forwarder(
+        ports, monitor_interval=0, keep_warm=0,
+        logger=structlog.wrap_logger(None, processors=[capture]),
+    )  # fmt: skip
+    fwd.start()
+    try:
+        netns.ip("link", "del", name)
+        with gevent.Timeout(5, AssertionError("the deletion was not noticed")):
+            while 0 not in fwd.failed:
+                gevent.sleep(0.01)
+        netns.ip("tuntap", "add", "dev", name, "mode", "tap")
+        gevent.sleep(0.2)  # nothing looks meanwhile: the monitor is off
+        assert 0 in fwd.failed
+        fwd.reopen()
+        assert not fwd.failed
+        events = [e["event"] for e in capture.entries]
+        assert events.index("endpoint_recovered") < events.index("reopened")
+        assert "UP" in netns.link(name)["flags"]
+    finally:
+        fwd.stop()

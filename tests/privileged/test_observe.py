@@ -2,15 +2,27 @@
 and Prometheus metrics over HTTP."""
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 
-from greentap.core import pcap
-from tests.privileged.conftest import python_env
+import gevent
+
+import greentap
+from greentap.app.forwarder import Forwarder
+from greentap.app.metrics import make_registry
+from greentap.core import pcap, vxlan
+from greentap.core.ratelimit import TokenBucket
+from greentap.ports.base import FramePort
+from greentap.ports.pcap import PcapPort
+from greentap.ports.tap import TapPort
+from greentap.ports.tunnel import VxlanPort
+from tests.privileged.conftest import python_env, unique
 from tests.privileged.topology import SCRIPT, TapForward, hosts
 
 PINGS = 10
@@ -147,12 +159,14 @@ def test_metrics_match_the_traffic_and_stay_on_loopback(make_netns, tmp_path):
         assert url == "http://127.0.0.1:9100/metrics"
         a.configure()
         b.configure()
+        a.knows(b)  # no ARP: the frames are the echo requests and replies, exactly
+        b.knows(a)
         ping(a, b)
         status, body = get(f, url)
         assert status == "200"
-        requests = metric(body, "greentap_rx_packets_total", endpoint=a.tap, kind="tap")
-        assert PINGS <= requests <= PINGS + 4  # the echo requests, and an ARP or two
-        assert metric(body, "greentap_tx_packets_total", endpoint=b.tap, kind="tap") == requests
+        assert metric(body, "greentap_rx_packets_total", endpoint=a.tap, kind="tap") == PINGS
+        assert metric(body, "greentap_tx_packets_total", endpoint=b.tap, kind="tap") == PINGS
+        assert metric(body, "greentap_tx_packets_total", endpoint=a.tap, kind="tap") == PINGS
         assert metric(body, "greentap_tx_dropped_total", endpoint=b.tap, kind="tap",
                       reason="backpressure") == 0  # fmt: skip
         assert metric(body, "greentap_endpoint_up", endpoint=a.tap, kind="tap") == 1
@@ -195,3 +209,106 @@ def test_rotated_captures_are_each_valid_and_bounded(make_netns, tmp_path):
         dump = subprocess.run(["tcpdump", "-n", "-r", str(p)], capture_output=True, text=True)
         assert dump.returncode == 0, dump.stderr
         assert "ICMP echo" in dump.stdout
+
+
+def test_every_drop_reason_and_mac_table_figure_shows_in_the_metrics(netns, tmp_path):
+    """One switch where each thing the metrics promise happens for real, then one
+    scrape: rx drops by reason (wrong_vni, unknown_sender, rate_limited), tx drops by
+    reason (backpressure, link_down, error, too_big, backlog), a failed endpoint at
+    0, and the MAC table's gauges and totals (entries, bound, learned, moved,
+    refused, expired, flooded), each non-zero where the README says it counts."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(4)]
+    src, pol, full, dead = (
+        FramePort(greentap.Tap._adopt(ours.detach(), name).polled())
+        for (ours, _), name in zip(pairs, ("src", "pol", "full", "dead"), strict=True)
+    )
+    peers = {name: peer for (_, peer), name in zip(pairs, ("src", "pol", "full", "dead"),
+                                                   strict=True)}  # fmt: skip
+    pol.policer = TokenBucket(10, 1)
+    tap = TapPort(unique(), netns=netns.name)
+    remote, stranger = udp_socket("127.0.0.2"), udp_socket("127.0.0.9")
+    vx = VxlanPort("vx", [remote.getsockname()], 42, ("127.0.0.1", 0))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    idle_reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    capture = PcapPort(str(fifo), backlog_limit=4096)
+    fwd = Forwarder([src, pol, full, dead, tap, vx, capture], aging=0.3, max_entries=3,
+                    monitor_interval=0, keep_warm=0)  # fmt: skip
+    peers["full"].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
+    fwd.start()
+    try:
+        m1, m2, m3, m4 = (bytes.fromhex(f"02000000000{i}") for i in range(1, 5))
+        send(peers["src"], eth(BCAST, m1))  # learned: m1 on src
+        send(peers["pol"], eth(BCAST, m2))  # learned: m2 on pol (the bucket's one token)
+        for _ in range(20):
+            send(peers["pol"], eth(BCAST, m2))  # beyond the rate: rate_limited
+        remote.sendto(vxlan.encode(42, eth(BCAST, m3)), vx.local)  # learned: m3 on vx
+        remote.sendto(vxlan.encode(43, eth(BCAST, m3)), vx.local)  # wrong_vni
+        stranger.sendto(vxlan.encode(42, eth(BCAST, m3)), vx.local)  # unknown_sender
+        settle(lambda: vx.counters.rx_errors == 2)
+        send(peers["dead"], eth(BCAST, m4))  # the table is full: m4 refused
+        settle(lambda: fwd.switch.table.refused == 1)
+        peers["dead"].shutdown(socket.SHUT_RD)  # writes to `dead` now fail: EPIPE
+        netns.ip("link", "set", tap.name, "down")  # later frames for the TAP: link_down
+        for _ in range(300):  # fill `full` (backpressure) and the capture's backlog
+            send(peers["src"], eth(BCAST, m1, size=1000))
+        assert 3 in fwd.failed  # the first write to `dead` failed it, counted as error
+        send(peers["src"], eth(BCAST, m1, size=65520))  # too big for one UDP datagram
+        send(peers["pol"], eth(BCAST, m1))  # m1 moves to pol (the bucket refilled)
+        settle(lambda: fwd.switch.table.moved == 1, timeout=5)
+        gevent.sleep(0.4)  # past the aging time: m2 and m3 are stale
+        send(peers["pol"], eth(m3, m1))  # a lookup of a stale entry (m3): expired
+        settle(lambda: fwd.switch.table.expired >= 1)
+        registry = make_registry(fwd)
+
+        def value(name, **labels):
+            return registry.get_sample_value(name, labels) or 0
+
+        rx = "greentap_rx_dropped_total"
+        assert value(rx, endpoint="vx", kind="vxlan", reason="wrong_vni") == 1
+        assert value(rx, endpoint="vx", kind="vxlan", reason="unknown_sender") == 1
+        assert value(rx, endpoint="pol", kind="tap", reason="rate_limited") >= 20
+        tx = "greentap_tx_dropped_total"
+        assert value(tx, endpoint="full", kind="tap", reason="backpressure") > 0
+        assert value(tx, endpoint=tap.name, kind="tap", reason="link_down") > 0
+        assert value(tx, endpoint="dead", kind="tap", reason="error") == 1
+        assert value(tx, endpoint="vx", kind="vxlan", reason="too_big") == 1
+        assert value(tx, endpoint=f"pcap:{fifo}", kind="pcap", reason="backlog") > 0
+        assert value("greentap_endpoint_up", endpoint="dead", kind="tap") == 0
+        assert value("greentap_endpoint_up", endpoint="src", kind="tap") == 1
+        assert value("greentap_mac_table_max_entries") == 3
+        assert 1 <= value("greentap_mac_table_entries") <= 3
+        assert value("greentap_mac_table_learned_total") == 3
+        assert value("greentap_mac_table_refused_total") == 1
+        assert value("greentap_mac_table_moved_total") == 1
+        assert value("greentap_mac_table_expired_total") >= 1
+        assert value("greentap_frames_flooded_total") > 0
+    finally:
+        fwd.stop()
+        os.close(idle_reader)
+        for sock in (*peers.values(), remote, stranger):
+            sock.close()
+
+
+BCAST = b"\xff" * 6
+
+
+def eth(dst, src, size=60):
+    return dst + src + b"\x88\xb5" + bytes(size - 14)
+
+
+def send(sock, frame):
+    sock.send(frame)
+    gevent.sleep(0.001)  # let the switch take it before the next: order matters here
+
+
+def settle(predicate, timeout=3):
+    with gevent.Timeout(timeout, AssertionError("condition not reached")):
+        while not predicate():
+            gevent.sleep(0.005)
+
+
+def udp_socket(host):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock

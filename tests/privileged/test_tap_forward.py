@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -320,3 +321,73 @@ def test_a_runt_into_a_tap_is_refused_counted_and_the_next_frame_passes(netns, r
     finally:
         fwd.stop()
         peer.close()
+
+
+def test_log_level_and_console_format_from_the_command_line(make_netns, forwarders):
+    """--log-level warning --log-format console: the link going down is logged as a
+    console line (not JSON) at warning level; no info line (forwarding, stats, stopped)
+    is written at all."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders(
+        "--stats", "0.2", "--log-level", "warning", "--log-format", "console",
+        a.endpoint, b.endpoint,
+    )  # fmt: skip
+    wait_until(lambda: a.ns.link(a.tap) and b.ns.link(b.tap), what="both TAPs")
+    b.ns.ip("link", "set", b.tap, "down")
+    wait_until(lambda: "link_down" in tf.log_path.read_text(), what="a link_down line")
+    assert tf.terminate(timeout=2)[0] == 0
+    lines = tf.log_path.read_text().splitlines()
+    assert lines and not any(line.lstrip().startswith("{") for line in lines)
+    assert any("link_down" in line and "warning" in line for line in lines), lines
+    assert not any(word in line for line in lines for word in ("forwarding", "stats", "stopped"))
+
+
+def test_aging_forgets_a_station_so_its_frames_are_flooded_again(make_netns, forwarders):
+    """--aging 0.5 in a three-port switch: a station learned is sent to alone while it is
+    fresh; after half a second of silence it is forgotten and its frames are flooded to
+    the third port again (whose kernel counts them)."""
+    a, b, c = hosts(make_netns, 3)
+    tf = forwarders("--stats", "0", "--aging", "0.5", a.endpoint, b.endpoint, c.endpoint)
+    tf.wait_for("forwarding", mode="switch")
+    for h in (a, b, c):
+        h.configure()
+    a.knows(b)  # no ARP: only the pings below cross
+    b.knows(a)
+
+    def seen_by_c():
+        return c.tap_counters()["rx"]["packets"]
+
+    assert a.ping(b, count=1).returncode == 0  # the request is flooded (b unknown)
+    first = seen_by_c()
+    assert first == 1
+    assert a.ping(b, count=1).returncode == 0  # b and a are fresh: unicast, c sees nothing
+    assert seen_by_c() == first
+    time.sleep(0.8)  # let the entries age past --aging (the point of this test)
+    assert a.ping(b, count=1).returncode == 0  # b forgotten: flooded to c again
+    assert seen_by_c() == first + 1
+    tf.final_stats()
+
+
+@pytest.mark.parametrize("keep_warm", ["2", "0"])
+def test_keep_warm_ticks_only_when_asked(make_netns, forwarders, keep_warm):
+    """--keep-warm 2: after a frame, the process wakes every 2 ms (hundreds of context
+    switches in half a second); --keep-warm 0: it sleeps until the next frame."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--keep-warm", keep_warm, a.endpoint, b.endpoint)
+    tf.wait_for("forwarding")
+    a.configure()
+    b.configure()
+    assert a.ping(b, count=1).returncode == 0  # traffic: the hub is kept warm for 5 s
+
+    def switches():
+        with open(f"/proc/{tf.proc.pid}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("voluntary_ctxt_switches"))
+
+    before = switches()
+    time.sleep(0.5)  # the window measured (the point of this test)
+    woke = switches() - before
+    if keep_warm == "2":
+        assert woke >= 100, woke  # 250 ticks at 2 ms
+    else:
+        assert woke <= 20, woke  # the monitor, once a second; nothing else
+    assert tf.terminate(timeout=2)[0] == 0

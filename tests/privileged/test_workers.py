@@ -4,16 +4,18 @@ import json
 import os
 import signal
 import time
+import urllib.request
 
 import gevent
 import pytest
 import structlog
 import structlog.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 from greentap.app.supervisor import Supervisor
 from greentap.core.endpoints import parse_endpoint
 from tests.privileged.conftest import python_env, sh
-from tests.privileged.topology import hosts, iperf3
+from tests.privileged.topology import hosts, iperf3, wait_until
 
 # Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("relay_loop")
@@ -170,3 +172,81 @@ def test_workers_drop_to_the_user_and_the_supervisor_keeps_root(make_netns, forw
     assert ok(a.ping(b, count=3))
     assert iperf3(a, b, seconds=1, extra=("-P", "4"))["end"]["sum_received"]["bytes"] > 0
     tf.final_stats(timeout=8)
+
+
+def test_a_worker_that_keeps_dying_young_is_restarted_later_each_time(make_netns, forwarders):
+    """Kill worker 0 as soon as it is back, twice: the restart delay doubles (0.5 s
+    at first, then 1 s, then 2 s: logged as restart_in) while it dies young."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", a.endpoint, b.endpoint)
+    pid = tf.wait_for("worker_started", worker=0)["pid"]
+    for restart in (1, 2):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda n=restart: tf.count("worker_started", worker=0) == n + 1,
+                   timeout=15, what=f"restart {restart} of worker 0")  # fmt: skip
+        pid = [e for e in tf.events() if e.get("event") == "worker_started"
+               and e["worker"] == 0][-1]["pid"]  # fmt: skip
+    delays = [e["restart_in"] for e in tf.events() if e.get("event") == "worker_exited"]
+    assert delays == [1.0, 2.0]
+    assert tf.terminate(timeout=8)[0] == 0
+
+
+def test_sighup_is_passed_on_to_every_worker(make_netns, forwarders):
+    """SIGHUP to the supervisor: each worker reopens (logs `reopened` with its number)
+    and keeps forwarding; the supervisor itself keeps running."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", a.endpoint, b.endpoint)
+    for i in (0, 1):
+        tf.wait_for("forwarding", worker=i)
+    tf.proc.send_signal(signal.SIGHUP)
+    for i in (0, 1):
+        tf.wait_for("reopened", worker=i)
+    a.configure()
+    b.configure()
+    assert ok(a.ping(b, count=2))
+    assert tf.terminate(timeout=8)[0] == 0
+
+
+def test_metrics_add_up_the_workers_live(make_netns, forwarders):
+    """--metrics with --workers 2: a scrape while running shows the frames every worker
+    read, added up, exactly (no ARP: ten echo requests and ten replies)."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", "--metrics", "0", a.endpoint, b.endpoint)
+    url = tf.wait_for("metrics_listening")["url"]
+    for i in (0, 1):
+        tf.wait_for("forwarding", worker=i)
+    a.configure()
+    b.configure()
+    a.knows(b)
+    b.knows(a)
+    assert ok(a.ping(b, count=10, interval="0.05"))
+
+    def scraped(name, endpoint):
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and s.labels.get("endpoint") == endpoint
+        )
+
+    wait_until(lambda: scraped("greentap_rx_packets_total", a.tap) == 10, timeout=5,
+               what="the workers' reports adding up to 10")  # fmt: skip
+    assert scraped("greentap_tx_packets_total", b.tap) == 10
+    assert scraped("greentap_rx_packets_total", b.tap) == 10
+    assert tf.terminate(timeout=8)[0] == 0
+
+
+def test_a_rate_limit_is_shared_among_the_workers(make_netns, forwarders):
+    """'tap:A?rate=1000&burst=100' with --workers 2: each worker polices its half
+    (rate 500, burst 50), as its endpoint_opened line says."""
+    a, b = hosts(make_netns, 2)
+    tf = forwarders("--stats", "0", "--workers", "2", f"{a.endpoint}&rate=1000&burst=100",
+                    b.endpoint)  # fmt: skip
+    for i in (0, 1):
+        tf.wait_for("forwarding", worker=i)
+    opened = [e for e in tf.events() if e.get("event") == "endpoint_opened" and "worker" in e]
+    policed = sorted((e["worker"], e["rate"], e["burst"]) for e in opened if "rate" in e)
+    assert policed == [(0, 500.0, 50.0), (1, 500.0, 50.0)]
+    assert tf.terminate(timeout=8)[0] == 0

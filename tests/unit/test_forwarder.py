@@ -309,6 +309,7 @@ def test_port_state_changes_are_logged_with_the_port_named(rig):
         (Verdict.REFUSED, "tx_errors"),
         (Verdict.UNREACHABLE, "tx_errors"),
     ],
+    ids=["backpressure", "link_down", "refused", "unreachable"],
 )
 def test_each_write_verdict_is_counted_where_the_table_says(rig, remap, verdict, counter):
     """Both loops count a failed write where the one verdict table says.  A full

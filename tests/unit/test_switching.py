@@ -56,12 +56,15 @@ def test_entries_age_out():
     assert sw.table.expired == 1
 
 
-def test_refresh_keeps_an_active_station_alive():
-    """A station that keeps talking is not aged out."""
-    table = MacTable(aging=10)
-    for t in range(0, 30, 2):
-        table.learn(A, 1, float(t))
-    assert table.lookup(A, 30.0) == 1
+@pytest.mark.parametrize("aging", [10.0, 0.5, 0.05])
+def test_refresh_keeps_an_active_station_alive(aging):
+    """A station that keeps talking (every fifth of the aging time) is never aged out,
+    also when the aging time is shorter than the refresh granularity (one second)."""
+    table = MacTable(aging=aging)
+    step = aging / 5
+    for i in range(16):
+        table.learn(A, 1, i * step)
+    assert table.lookup(A, 16 * step) == 1 and table.expired == 0
 
 
 def test_table_is_bounded_under_a_flood_of_random_sources():

@@ -3,7 +3,7 @@
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from greentap.core import vxlan
@@ -60,9 +60,24 @@ def test_overhead_figures():
     assert vxlan.OVERHEAD_IPV6 == 70
 
 
-@given(st.binary(max_size=200), st.integers(0, vxlan.MAX_VNI))
-def test_decoder_never_raises_on_arbitrary_datagrams(datagram, vni):
+def datagrams_for(vni):
+    """Anything, and datagrams that pass each check in turn: a header (of any flags and
+    VNI, or exactly ours) in front of an inner frame of any length."""
+    return st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda hdr, body: hdr + body, st.binary(min_size=8, max_size=8),
+                  st.binary(max_size=60)),
+        st.builds(lambda body: vxlan.header(vni) + body, st.binary(max_size=60)),
+        st.builds(lambda body: vxlan.header(vni ^ 1) + body, st.binary(max_size=60)),
+    )  # fmt: skip
+
+
+@given(st.integers(0, vxlan.MAX_VNI).flatmap(lambda v: st.tuples(datagrams_for(v), st.just(v))))
+@example((vxlan.header(7) + bytes(14), 7))  # the valid branch runs whatever hypothesis draws
+@example((vxlan.header(7) + bytes(13), 7))  # one byte short of an inner header
+def test_decoder_never_raises_on_arbitrary_datagrams(case):
     """Any bytes: the decoder returns a valid offset or a reason, never an exception."""
+    datagram, vni = case
     offset, reason = vxlan.decode(datagram, vni)
     if reason is None:
         assert offset == vxlan.HEADER_SIZE
