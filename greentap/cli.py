@@ -19,32 +19,13 @@ import structlog
 from greentap._version import __version__
 from greentap.app import startup
 from greentap.app.demo import run_demo
-from greentap.app.exits import (
-    EXIT_BUSY,
-    EXIT_INTERNAL,
-    EXIT_OK,
-    EXIT_PERMISSION,
-    EXIT_SYSTEM,
-    EXIT_USAGE,
-    STATUSES,
-    exit_status,
-)
+from greentap.app.exits import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, STATUSES, exit_status
 from greentap.app.logs import PROG, configure_logging
 from greentap.core.endpoints import SYNTAX, parse_hostport
 from greentap.core.numbers import parse_decimal, parse_int
 from greentap.errors import GreentapError, UsageError
 
-__all__ = [
-    "EXIT_BUSY",
-    "EXIT_INTERNAL",
-    "EXIT_OK",
-    "EXIT_PERMISSION",
-    "EXIT_SYSTEM",
-    "EXIT_USAGE",
-    "build_parser",
-    "exit_status",
-    "main",
-]
+__all__ = ["build_parser", "main"]
 
 EPILOG = f"""\
 endpoints:

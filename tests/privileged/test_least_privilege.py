@@ -10,7 +10,7 @@ import time
 import pytest
 
 import greentap
-from greentap import cli
+from greentap.app import exits
 from greentap.app.privileges import read_status
 from tests.privileged.conftest import capless_python, python_env, unique
 from tests.privileged.topology import TapForward, hosts
@@ -47,7 +47,7 @@ def test_unknown_user_fails_closed(make_netns, tmp_path):
     a, b = hosts(make_netns, 2)
     tf = TapForward("--user", "no-such-user-gt", a.endpoint, b.endpoint, tmp_path=tmp_path)
     try:
-        assert tf.proc.wait(timeout=20) == cli.EXIT_PERMISSION
+        assert tf.proc.wait(timeout=20) == exits.EXIT_PERMISSION
         lines = tf.log_path.read_text().strip().splitlines()
         assert "no such user" in lines[-1] and "Traceback" not in tf.log_path.read_text()
         events = [e["event"] for e in tf.events()]
@@ -67,7 +67,7 @@ def test_a_drop_that_fails_after_opening_fails_closed(make_netns, tmp_path):
         prefix=("setpriv", "--bounding-set=-setuid,-setgid", "--"),
     )  # fmt: skip
     try:
-        assert tf.proc.wait(timeout=20) == cli.EXIT_PERMISSION
+        assert tf.proc.wait(timeout=20) == exits.EXIT_PERMISSION
         text = tf.log_path.read_text()
         assert "PrivilegeDropFailed" in text.strip().splitlines()[-1], text
         events = [e["event"] for e in tf.events()]

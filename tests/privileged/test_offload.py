@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from greentap import cli
+from greentap.app import exits
 from tests.privileged.topology import Host, TapForward, hosts, underlay
 
 # Every test here runs over each relay loop, C and pure Python (tests/conftest.py).
@@ -108,7 +108,7 @@ def test_offload_is_off_with_a_tunnel_and_refused_when_forced(make_netns, tmp_pa
         tf.stop()
     forced = TapForward("--offload", "on", a.endpoint, vxlan, tmp_path=tmp_path)
     try:
-        assert forced.proc.wait(timeout=20) == cli.EXIT_USAGE
+        assert forced.proc.wait(timeout=20) == exits.EXIT_USAGE
         line = forced.log_path.read_text().strip()
         assert "--offload on needs every forwarding endpoint to be a TAP" in line
     finally:

@@ -11,7 +11,7 @@ import gevent
 import pytest
 
 import greentap
-from greentap import cli
+from greentap.app import exits
 from greentap.app.forwarder import Forwarder
 from greentap.ports.base import FramePort
 from greentap.ports.tap import TapPort
@@ -203,7 +203,7 @@ def test_busy_device_exits_4_with_one_line(netns, open_tap, forwarders):
     """A TAP already held by someone else: one error line, exit status 4."""
     held = open_tap()
     tf = forwarders(f"tap:{held.name}?netns={netns.name}", f"tap:{unique()}?netns={netns.name}")
-    assert tf.proc.wait(timeout=20) == cli.EXIT_BUSY
+    assert tf.proc.wait(timeout=20) == exits.EXIT_BUSY
     text = tf.log_path.read_text().strip().splitlines()
     assert len(text) == 1 and "busy" in text[0] and "Traceback" not in text[0]
     assert netns.links() == ["lo", held.name]  # the second TAP was not left behind
@@ -216,7 +216,7 @@ def test_not_privileged_exits_3(netns):
         f"sys.exit(main(['--log-format', 'json', {unique()!r}, {unique()!r}]))"
     )
     out = capless_python(netns, code)
-    assert out.returncode == cli.EXIT_PERMISSION
+    assert out.returncode == exits.EXIT_PERMISSION
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith("(needs CAP_NET_ADMIN)"), out.stderr
 

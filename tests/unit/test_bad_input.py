@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greentap import cli
-from greentap.app import startup
+from greentap.app import exits, startup
 from greentap.core.endpoints import parse_endpoint
 from greentap.errors import GreentapError, UsageError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "tap-forward")
-USAGE, PERMISSION = cli.EXIT_USAGE, cli.EXIT_PERMISSION
+USAGE, PERMISSION = exits.EXIT_USAGE, exits.EXIT_PERMISSION
 
 # (arguments, exit status, text of the one error line).  Every case fails
 # before anything is opened, so none needs privileges.

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import greentap
-from greentap import cli
+from greentap.app import exits
 from greentap.green import relay
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "tap-forward")
@@ -25,22 +25,22 @@ def tap_forward(*args, env=None):
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        ((), cli.EXIT_USAGE, "need at least two endpoints, got 0"),
-        (("tap0",), cli.EXIT_USAGE, "need at least two endpoints, got 1"),
-        (("foo:x", "tap1"), cli.EXIT_USAGE, "unknown endpoint type 'foo'"),
-        (("a" * 16, "tap1"), cli.EXIT_USAGE, "TapNameTooLong"),
-        (("tap:a b", "tap1"), cli.EXIT_USAGE, "whitespace"),
-        (("--mtu", "10", "a", "b"), cli.EXIT_USAGE, "expected a whole number from 68 to 65535"),
-        (("--bogus",), cli.EXIT_USAGE, "unrecognized arguments"),
-        (("--demo", "tap0"), cli.EXIT_USAGE, "--demo takes no endpoints"),
-        (("--workers", "0", "a", "b"), cli.EXIT_USAGE, "expected a whole number from 1 to 256"),
+        ((), exits.EXIT_USAGE, "need at least two endpoints, got 0"),
+        (("tap0",), exits.EXIT_USAGE, "need at least two endpoints, got 1"),
+        (("foo:x", "tap1"), exits.EXIT_USAGE, "unknown endpoint type 'foo'"),
+        (("a" * 16, "tap1"), exits.EXIT_USAGE, "TapNameTooLong"),
+        (("tap:a b", "tap1"), exits.EXIT_USAGE, "whitespace"),
+        (("--mtu", "10", "a", "b"), exits.EXIT_USAGE, "expected a whole number from 68 to 65535"),
+        (("--bogus",), exits.EXIT_USAGE, "unrecognized arguments"),
+        (("--demo", "tap0"), exits.EXIT_USAGE, "--demo takes no endpoints"),
+        (("--workers", "0", "a", "b"), exits.EXIT_USAGE, "expected a whole number from 1 to 256"),
         (
             ("--workers", "2", "a", "udp://127.0.0.1:9?local=127.0.0.1:0"),
-            cli.EXIT_USAGE,
+            exits.EXIT_USAGE,
             "--workers needs every endpoint to be a TAP",
         ),
-        (("--workers", "2", "a", "b", "pcap:-"), cli.EXIT_USAGE, "--workers needs every"),
-        (("tap0?rate=0", "tap1"), cli.EXIT_USAGE, "rate '0': expected a number above 0"),
+        (("--workers", "2", "a", "b", "pcap:-"), exits.EXIT_USAGE, "--workers needs every"),
+        (("tap0?rate=0", "tap1"), exits.EXIT_USAGE, "rate '0': expected a number above 0"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(args, status, message):
@@ -81,11 +81,11 @@ def test_exit_status_mapping():
     """Errors map onto statuses by whose fault they were."""
     import errno
 
-    assert cli.exit_status(greentap.OpenTunFailed.from_errno(errno.EPERM, endpoint="t")) == 3
-    assert cli.exit_status(greentap.SetTapAttributes.from_errno(errno.EBUSY, endpoint="t")) == 4
-    assert cli.exit_status(greentap.OpenTunFailed.from_errno(errno.ENOENT, endpoint="t")) == 5
-    assert cli.exit_status(greentap.TapNameTooLong(endpoint="x" * 20)) == 2
-    assert cli.exit_status(greentap.NotATapDevice("fd 987: not open")) == 2
+    assert exits.exit_status(greentap.OpenTunFailed.from_errno(errno.EPERM, endpoint="t")) == 3
+    assert exits.exit_status(greentap.SetTapAttributes.from_errno(errno.EBUSY, endpoint="t")) == 4
+    assert exits.exit_status(greentap.OpenTunFailed.from_errno(errno.ENOENT, endpoint="t")) == 5
+    assert exits.exit_status(greentap.TapNameTooLong(endpoint="x" * 20)) == 2
+    assert exits.exit_status(greentap.NotATapDevice("fd 987: not open")) == 2
 
 
 def test_installed_command_exists():
@@ -114,7 +114,7 @@ def test_a_system_error_is_status_5_on_one_line(tmp_path):
     line naming the file; the capture is opened first, so no TAP was touched."""
     out = tap_forward(f"pcap:{tmp_path}/no/such/dir/x.pcap", "a", "b")
     lines = out.stderr.strip().splitlines()
-    assert (out.returncode, len(lines)) == (cli.EXIT_SYSTEM, 1), out.stderr
+    assert (out.returncode, len(lines)) == (exits.EXIT_SYSTEM, 1), out.stderr
     assert lines[0].startswith("tap-forward: error: EndpointUnavailable: pcap:")
     assert "No such file or directory" in lines[0] and "Traceback" not in out.stderr
 
@@ -132,5 +132,5 @@ def test_an_internal_error_is_status_1_on_one_line():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env
     )
     lines = out.stderr.strip().splitlines()
-    assert (out.returncode, len(lines)) == (cli.EXIT_INTERNAL, 1), out.stderr
+    assert (out.returncode, len(lines)) == (exits.EXIT_INTERNAL, 1), out.stderr
     assert lines[0] == "tap-forward: error: internal error: KeyError: 'planted'"

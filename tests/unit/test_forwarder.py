@@ -133,15 +133,8 @@ def test_full_destination_drops_and_counts_without_blocking(rig):
             gevent.sleep(0)
 
     t = gevent.spawn(ticker)
-    for _ in range(total):
-        while True:
-            try:
-                r.peers[0].send(frame(B, A, size=1000))
-                break
-            except BlockingIOError:
-                gevent.sleep(0.001)  # our own send side is full: let the forwarder run
-    c_in, c_out = r.ports[0].counters, r.ports[1].counters
-    r.settle(lambda: c_in.rx_packets == total)
+    fill_destination(r, total)
+    c_out = r.ports[1].counters
     t.kill()
     assert c_out.tx_dropped > 0, "destination never filled: test proves nothing"
     assert c_out.tx_packets + c_out.tx_dropped == total
