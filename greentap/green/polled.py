@@ -189,20 +189,28 @@ class PolledTap:
         try:
             os.write(fd, frame)
         except OSError as exc:
-            verdict = write_verdict(exc.errno)
-            if verdict is Verdict.BACKPRESSURE:
-                counters.tx_dropped += 1
-                return False
-            if verdict is Verdict.LINK_DOWN:
-                counters.tx_link_down += 1
-                return False
-            if self.closed:
-                raise EndpointClosed(endpoint=self.name) from exc
-            counters.tx_errors += 1  # a closed device is counted by whoever sent to it
-            raise io_error(self.name, exc, "write") from exc
+            retry = write_verdict(exc.errno) is Verdict.RETRY
+            failure = relay.write_again(fd, frame) if retry else exc
+            if failure is not None:
+                return self._write_failed(failure)
         counters.tx_packets += 1
         counters.tx_bytes += size
         return True
+
+    def _write_failed(self, exc: OSError) -> bool:
+        """Count a failed write where the verdict table says; raise if it is no drop."""
+        verdict = write_verdict(exc.errno)
+        counters = self.counters
+        if verdict is Verdict.BACKPRESSURE:
+            counters.tx_dropped += 1
+            return False
+        if verdict is Verdict.LINK_DOWN:
+            counters.tx_link_down += 1
+            return False
+        if self.closed:
+            raise EndpointClosed(endpoint=self.name) from exc
+        counters.tx_errors += 1  # a closed device is counted by whoever sent to it
+        raise io_error(self.name, exc, "write") from exc
 
     # --- relay --------------------------------------------------------------
     def relay_to(

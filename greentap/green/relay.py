@@ -29,7 +29,7 @@ from greentap.errors import EndpointClosed, GreentapError, PeerGone, io_error
 if TYPE_CHECKING:
     from greentap.green.polled import PolledTap
 
-__all__ = ["LOOP", "LOOP_REASON", "relay"]
+__all__ = ["LOOP", "LOOP_REASON", "relay", "write_again"]
 
 _relay_batch: Any = None
 LOOP_REASON: str | None = None
@@ -113,6 +113,21 @@ def _relay_c(src: PolledTap, dst: PolledTap, on_send_error: Callable[..., Any]) 
             raise io_error(src.name, OSError(code, os.strerror(code)), "read")
 
 
+def write_again(fd: int, frame: Any) -> OSError | None:
+    """Repeat a write whose error's verdict is RETRY, until it is written or fails otherwise.
+
+    Returns:
+        None once written, or the error (of another verdict) that ended it.
+    """
+    while True:
+        try:
+            os.write(fd, frame)
+            return None
+        except OSError as exc:
+            if WRITE_VERDICTS.get(exc.errno or 0) is not Verdict.RETRY:
+                return exc
+
+
 def _failed(dst: PolledTap, exc: OSError, on_send_error: Callable[..., Any]) -> None:
     error = io_error(dst.name, exc, "write")
     if not isinstance(error, EndpointClosed):
@@ -132,6 +147,7 @@ def _relay_python(
     src_io, dst_io = src.io, dst.io
     budget, sleep = src_io.budget, gevent.sleep
     backpressure, link_down_, failed = Verdict.BACKPRESSURE, Verdict.LINK_DOWN, Verdict.FAILED
+    retry = Verdict.RETRY
     while True:
         fd, out = src_io.holder.fd, dst_io.holder.fd  # re-read after every yield
         if fd < 0:
@@ -160,6 +176,13 @@ def _relay_python(
                     write(out, frame)  # os.write retries EINTR itself (PEP 475)
                 except OSError as exc:
                     verdict = verdicts.get(exc.errno or 0, failed)
+                    if verdict is retry:
+                        again = write_again(out, frame)
+                        if again is None:
+                            tx += 1
+                            tx_bytes += n
+                            continue
+                        exc, verdict = again, verdicts.get(again.errno or 0, failed)
                     if verdict is backpressure:
                         dropped += 1
                     elif verdict is link_down_:

@@ -3,6 +3,8 @@
 import errno
 import itertools
 import socket
+import subprocess
+import sys
 
 import gevent
 import pytest
@@ -361,3 +363,41 @@ def fill_destination(r, total=3000):
                 gevent.sleep(0.001)  # our own send side is full: let the forwarder run
     r.settle(lambda: r.ports[0].counters.rx_packets == total)
     return total
+
+
+DRAIN = """
+import socket, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+want, got = int(sys.argv[2]), 0
+while got < want:
+    sock.recv(70000)
+    got += 1
+    time.sleep(0.0005)  # slower than the forwarder: its writes meet a full socket
+print(got)
+"""
+
+
+def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap):
+    """EAGAIN re-mapped to RETRY (what EINTR means): both loops write the same frame
+    again until the destination takes it, so a destination drained by another
+    process, slowly, gets every frame, none dropped or counted as an error."""
+    remap(errno.EAGAIN, Verdict.RETRY)
+    r = rig(2)
+    total = 300
+    r.peers[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fd = r.peers[1].fileno()
+    drain = subprocess.Popen(
+        [sys.executable, "-c", DRAIN, str(fd), str(total)], pass_fds=(fd,),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        fill_destination(r, total)
+        r.settle(lambda: r.ports[1].counters.tx_packets == total, timeout=10)
+        out, _ = drain.communicate(timeout=30)
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+            drain.wait()
+    c_out = r.ports[1].counters
+    assert (c_out.tx_dropped, c_out.tx_link_down, c_out.tx_errors) == (0, 0, 0)
+    assert out.strip() == str(total)
