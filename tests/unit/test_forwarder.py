@@ -377,12 +377,18 @@ print(got)
 """
 
 
-def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap):
-    """EAGAIN re-mapped to RETRY (what EINTR means): both loops write the same frame
-    again until the destination takes it, so a destination drained by another
-    process, slowly, gets every frame, none dropped or counted as an error."""
+@pytest.mark.parametrize("ports", [2, 3], ids=["wire", "switch"])
+def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap, ports):
+    """EAGAIN re-mapped to RETRY (what EINTR means): the relay (both loops) and a
+    switch's send write the same frame again until the destination takes it, so a
+    destination drained by another process, slowly, gets every frame, none dropped
+    or counted as an error."""
     remap(errno.EAGAIN, Verdict.RETRY)
-    r = rig(2)
+    r = rig(ports)
+    if ports == 3:  # teach the switch that B lives on port 1: frames to B go there only
+        r.peers[1].send(frame(BCAST, B))
+        r.settle(lambda: r.ports[0].counters.tx_packets == 1)
+        r.drain(0), r.drain(2)
     total = 300
     r.peers[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     fd = r.peers[1].fileno()
@@ -401,3 +407,4 @@ def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap):
     c_out = r.ports[1].counters
     assert (c_out.tx_dropped, c_out.tx_link_down, c_out.tx_errors) == (0, 0, 0)
     assert out.strip() == str(total)
+    assert c_out.tx_packets == total
