@@ -25,7 +25,7 @@ from greentap.device.tunfd import TUN_PATH, TunFd
 from greentap.errors import (
     EndpointVanished,
     FrameRejected,
-    OpenTunFailed,
+    LinkConfigFailed,
     io_error,
 )
 
@@ -225,7 +225,7 @@ class TapDevice:
         Raises:
             NotATapDevice: ``fd`` is not a TUN/TAP fd, or not attached.
         """
-        tun, _, _ = TunFd.adopt(fd)
+        tun = TunFd.adopt(fd)
         self = cls.__new__(cls)
         self.tun = tun
         self.link = None
@@ -346,7 +346,8 @@ class TapDevice:
 
     def _need_link(self) -> Link:
         if self.link is None:
-            raise OpenTunFailed("no link settings for an adopted fd", endpoint=self.name)
+            # As before the split: a link setting the device cannot make.
+            raise LinkConfigFailed("no control socket for this device", endpoint=self.name)
         return self.link
 
     # --- blocking frame I/O -----------------------------------------------------

@@ -71,11 +71,11 @@ class TunFd:
         return cls(FdHolder(fd, name=name))
 
     @classmethod
-    def adopt(cls, fd: int) -> tuple[TunFd, str, int]:
+    def adopt(cls, fd: int) -> TunFd:
         """Take over an fd that is already attached to a device.
 
         Returns:
-            ``(TunFd, interface name, IFF_* flags)``.
+            The TunFd, named after the attached interface.
 
         Raises:
             NotATapDevice: not a TUN/TAP fd, or not attached (the fd is left
@@ -90,8 +90,8 @@ class TunFd:
             }.get(exc.errno or 0, "not a /dev/net/tun file descriptor")
             reason = f"fd {fd}: {os.strerror(exc.errno or 0)} ({hint})"
             raise NotATapDevice(reason, errno=exc.errno) from exc
-        name, flags = ifreq.unpack_flags(out)
-        return cls(FdHolder(fd, name=name)), name, flags
+        name, _ = ifreq.unpack_flags(out)
+        return cls(FdHolder(fd, name=name))
 
     @property
     def name(self) -> str:

@@ -201,11 +201,10 @@ class GreenFd:
             EndpointClosed: already closed or released.
         """
         holder = self.holder
-        fd = holder.fileno() if holder is not _DETACHED else -1
-        if fd < 0:
+        if holder.fd < 0:
             raise EndpointClosed(endpoint=self.name)
         self._let_go(reason, _noop)
-        os.set_blocking(fd, True)
+        os.set_blocking(holder.fd, True)
         return holder
 
 

@@ -59,3 +59,18 @@ def test_polled_budget_must_be_positive():
     finally:
         tap.close()
         b.close()
+
+
+def test_an_adopted_fd_without_a_link_refuses_link_settings_clearly():
+    """A device adopted without a control socket has no link settings: asking for one
+    is a LinkConfigFailed naming the device, as it always was."""
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tap = greentap.TapDevice._adopt(ours.detach(), "sp9")
+    try:
+        with pytest.raises(greentap.LinkConfigFailed, match="sp9: no control socket"):
+            tap.mtu  # noqa: B018 - the read is the test
+        with pytest.raises(greentap.LinkConfigFailed):
+            tap.up()
+    finally:
+        tap.close()
+        peer.close()
