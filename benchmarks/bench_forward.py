@@ -222,6 +222,17 @@ def case_tap_forward_vxlan(topo):
     return a, da, b, db, 1450
 
 
+def case_tap_forward_packet(topo, *args, env=None):
+    """TAP in A <-> tap-forward <-> ``packet:`` on a veth whose peer is B's."""
+    a, f, b = topo.ns("a"), topo.ns("f"), topo.ns("b")
+    da, dp, db = f"t{topo.tag}a", f"p{topo.tag}f", f"p{topo.tag}b"
+    sh("ip", "link", "add", dp, "netns", f, "type", "veth", "peer", "name", db, "netns", b)
+    sh("ip", "-n", f, "link", "set", dp, "up")
+    topo.tap_forward(None, *args, f"tap:{da}?netns={a}", f"packet:{dp}?netns={f}", env=env)
+    wait_for_link(a, da)
+    return a, da, b, db, None
+
+
 # name -> (build the topology, the flows trafgen offers)
 CASES = {
     "veth": (case_veth, ONE_FLOW),
@@ -237,6 +248,8 @@ CASES = {
         lambda t: case_tap_forward(t, "--workers", "2", env=PURE, pin=False),
         EIGHT_FLOWS,
     ),
+    "tf-packet": (case_tap_forward_packet, ONE_FLOW),
+    "tf-packet-python": (lambda t: case_tap_forward_packet(t, env=PURE), ONE_FLOW),
     "kernel-vxlan": (case_kernel_vxlan, ONE_FLOW),
     "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
     "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
@@ -254,6 +267,8 @@ RATIOS = [
     ("tf-cold", "socat"),
     ("tf-2w-8flows", "tf-8flows"),
     ("tf-py-2w-8flows", "tf-py-8flows"),
+    ("tf-packet", "tap-forward"),
+    ("tf-packet-python", "tf-python"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
     ("tap-forward", "base-tap-forward"),
@@ -267,6 +282,8 @@ FLOORS = [
     ("tap-forward", "veth", "tcp_gbps", "min", 0.70),
     ("tap-forward", "socat", "ping_rtt_ms", "max", 1.5),
     ("tf-2w-8flows", "tf-8flows", "small_pps", "min", 1.3),
+    ("tf-packet", "tap-forward", "small_pps", "min", 0.9),
+    ("tf-packet", "tap-forward", "tcp_gbps", "min", 0.7),
 ]
 RSS_LIMIT_MB = 60.0
 RSS_GROWTH_LIMIT = 0.05

@@ -37,6 +37,12 @@ endpoints:
   fd:N                   an inherited /dev/net/tun fd already attached to a TAP,
                          e.g. received from a privileged helper (SCM_RIGHTS):
                          then tap-forward itself needs no CAP_NET_ADMIN
+  packet:IFNAME[?netns=NS&qdisc=use]
+                         an Ethernet interface that exists (a NIC, a veth, a
+                         bond), through AF_PACKET: frames arriving on it are
+                         read (it is promiscuous while attached), frames are
+                         sent out of it. Needs CAP_NET_RAW. qdisc=use keeps its
+                         traffic control for frames sent (default: bypassed)
   vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...][&local=ADDR:PORT]
                          a VXLAN tunnel (RFC 7348, UDP port 4789 by default) to
                          one or more remote VTEPs: the Linux kernel's vxlan,
@@ -58,6 +64,7 @@ examples:
   {PROG} --demo                 see it work: two namespaces, a ping across
   {PROG} tap0 tap1              a wire between two TAPs
   {PROG} tap0 tap1 tap2         a learning switch between three TAPs
+  {PROG} tap:vm1 packet:eth1    a VM's TAP bridged to a NIC
   {PROG} --stats 5 --log-format json tap:vm1 tap:vm2
   {PROG} --mtu 1450 tap0 'vxlan://192.0.2.7?vni=42'      a TAP into a VXLAN segment
   {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev

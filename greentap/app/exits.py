@@ -20,7 +20,7 @@ __all__ = [
 EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or --demo succeeded
 EXIT_INTERNAL = 1  # a bug: please report it
 EXIT_USAGE = 2  # bad arguments: syntax, names, numbers, fewer than two endpoints
-EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN), or --user failed
+EXIT_PERMISSION = 3  # not privileged (CAP_NET_ADMIN, CAP_NET_RAW), or --user failed
 EXIT_BUSY = 4  # device busy or conflicting with an existing one
 EXIT_SYSTEM = 5  # anything else the system refused (no /dev/net/tun, ...)
 
@@ -29,7 +29,8 @@ STATUSES = {
     EXIT_OK: "stopped by SIGINT/SIGTERM (or --demo succeeded)",
     EXIT_INTERNAL: "internal error (a bug: please report it)",
     EXIT_USAGE: "usage: bad syntax, name or number, fewer than two endpoints",
-    EXIT_PERMISSION: "not permitted (needs CAP_NET_ADMIN), or --user could not be applied",
+    EXIT_PERMISSION: "not permitted (needs CAP_NET_ADMIN, or CAP_NET_RAW for packet:), "
+    "or --user could not be applied",
     EXIT_BUSY: "device busy or conflicting",
     EXIT_SYSTEM: "other system error (e.g. /dev/net/tun missing)",
 }

@@ -141,6 +141,12 @@ class Forwarder(Service):
         if any(p.policer is not None for p in self.ports):
             return "python", "a rate limit polices the frames"
         if not all(isinstance(p, FramePort) for p in self.ports):
+            if all(p.sink is not None for p in self.ports):
+                return (
+                    "python",
+                    "frames read from a packet: ring take the Python loop "
+                    f"(frames to it the {relay.LOOP} loop)",
+                )
             return "python", "an endpoint is not a TAP"
         return relay.LOOP, relay.LOOP_REASON
 

@@ -32,15 +32,16 @@ def wire(
 ) -> None:
     """Send every frame read from ``src`` to ``dst`` until ``src`` closes.
 
-    Two fd devices with no policer take the tight relay (two system calls
+    A TAP read with no policer into a port that takes frames by ``write``
+    (a TAP, a ``packet:`` interface) takes the tight relay (two system calls
     per frame, in C when it was built); anything else the generic loop.
 
     Raises:
         EndpointClosed: ``src`` was closed (the normal end).
         GreentapError: ``src`` failed.
     """
-    if admit is None and isinstance(src, FramePort) and isinstance(dst, FramePort):
-        src.polled.relay_to(dst.polled, on_send_error, mirrors)
+    if admit is None and isinstance(src, FramePort) and dst.sink is not None:
+        src.polled.relay_to(dst.sink, on_send_error, mirrors)
         return
     recv_into, buf, view = _reader(src)
     send = dst.send

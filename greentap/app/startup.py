@@ -77,22 +77,28 @@ def describe_relay_loop() -> str:
     return "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
 
 
+# Endpoint kinds whose frames carry a virtio-net header, so super-frames pass whole.
+_SUPER_FRAME_CARRIERS = frozenset({"tap", "packet"})
+
+
 def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
-    """Decide whether TAPs are opened with offloads.
+    """Decide whether TAPs (and ``packet:`` interfaces) are opened with offloads.
 
     ``auto`` turns them on when every endpoint that carries traffic is a TAP
-    (tunnels and ``fd:`` endpoints carry finished frames); ``on`` insists.
+    or a ``packet:`` interface (tunnels and ``fd:`` endpoints carry finished
+    frames); ``on`` insists.
 
     Raises:
         UsageError: ``on`` with an endpoint that cannot carry super-frames.
     """
     carriers = {spec.kind for spec in specs if spec.kind != "pcap"}
-    if offload == "on" and carriers != {"tap"}:
+    whole = carriers <= _SUPER_FRAME_CARRIERS
+    if offload == "on" and not whole:
         raise UsageError(
-            "--offload on needs every forwarding endpoint to be a TAP "
-            "(fd:, VXLAN and UDP endpoints carry plain frames)"
+            "--offload on needs every forwarding endpoint to be a TAP or a packet: "
+            "interface (fd:, VXLAN and UDP endpoints carry plain frames)"
         )
-    return offload == "on" or (offload == "auto" and carriers == {"tap"})
+    return offload == "on" or (offload == "auto" and whole and bool(carriers))
 
 
 @dataclasses.dataclass(frozen=True)

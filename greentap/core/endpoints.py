@@ -34,13 +34,15 @@ OPTIONS: dict[str, frozenset[str]] = {
     "udp": frozenset({"local"}) | _POLICING,
     "pcap": frozenset({"snaplen", "rotate", "keep"}),
     "fd": _POLICING,
+    "packet": frozenset({"netns", "qdisc"}) | _POLICING,
 }
 #: Options that may be given more than once.
 REPEATABLE = frozenset({"remote"})
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
     "[&local=ADDR:PORT], udp://REMOTE:PORT[?local=ADDR:PORT] or "
-    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N] or fd:N; "
+    "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N], packet:IFNAME[?netns=NS&qdisc=bypass|use] "
+    "or fd:N; "
     "any but pcap also takes [&]rate=PPS[&burst=N]"
 )
 MAX_RATE = 1e9  # frames per second: far beyond any link, short of nonsense
@@ -64,7 +66,8 @@ class EndpointSpec:
             tunnel ``remotes`` (a list of ``(host, port)``), ``local``
             (``(host, port)``, optional) and, for VXLAN, ``vni`` (int); for
             pcap ``snaplen``, ``rotate`` (bytes) and ``keep`` when given;
-            for fd ``fd`` (int).
+            for fd ``fd`` (int); for packet ``netns`` and ``qdisc``
+            (``"bypass"`` or ``"use"``) when given.
         text: the description as given.
     """
 
@@ -249,6 +252,28 @@ def _parse_fd(text: str) -> EndpointSpec:
     return EndpointSpec("fd", number, {**_policing(options, text), "fd": fd}, text)
 
 
+def _netns(text: str, netns: str) -> str:
+    if "\0" in netns or netns in (".", ".."):
+        raise _error(text, f"netns {netns!r}: expected an `ip netns` name or a path")
+    return netns
+
+
+def _parse_packet(text: str) -> EndpointSpec:
+    name, _, query = text[len("packet:") :].partition("?")
+    if not name:
+        raise _error(text, "names no interface; expected packet:IFNAME[?netns=NS]")
+    options = _parse_query("packet", query, text)
+    parsed = _policing(options, text)
+    if "netns" in options:
+        parsed["netns"] = _netns(text, options["netns"])
+    if "qdisc" in options:
+        if options["qdisc"] not in ("bypass", "use"):
+            raise _error(text, f"qdisc {options['qdisc']!r}: expected bypass or use")
+        parsed["qdisc"] = options["qdisc"]
+    encode_ifname(name)
+    return EndpointSpec("packet", name, parsed, text)
+
+
 def _parse_tap(text: str) -> EndpointSpec:
     rest = text
     scheme, sep, after = text.partition(":")
@@ -264,10 +289,7 @@ def _parse_tap(text: str) -> EndpointSpec:
     options = _parse_query("tap", query, text)
     parsed = _policing(options, text)
     if "netns" in options:
-        netns = options["netns"]
-        if "\0" in netns or netns in (".", ".."):
-            raise _error(text, f"netns {netns!r}: expected an `ip netns` name or a path")
-        parsed["netns"] = netns
+        parsed["netns"] = _netns(text, options["netns"])
     encode_ifname(name)
     return EndpointSpec("tap", name, parsed, text)
 
@@ -280,8 +302,10 @@ def parse_endpoint(text: str) -> EndpointSpec:
             ``vxlan://REMOTE[:PORT]?vni=N[&remote=...][&local=ADDR:PORT]``,
             ``udp://REMOTE:PORT[?local=ADDR:PORT]``,
             ``pcap:PATH`` or ``pcap:-`` (``?snaplen=N&rotate=SIZE&keep=N``),
-            or ``fd:N``: an inherited ``/dev/net/tun`` fd already attached
-            to a TAP (from a privileged helper).  Every kind but pcap also
+            ``fd:N``: an inherited ``/dev/net/tun`` fd already attached
+            to a TAP (from a privileged helper), or ``packet:IFNAME``: an
+            existing Ethernet interface (``?netns=NS``, ``qdisc=use`` to
+            keep its queueing discipline).  Every kind but pcap also
             takes ``rate=PPS`` and ``burst=N``: an ingress rate limit.
 
     Returns:
@@ -299,4 +323,6 @@ def parse_endpoint(text: str) -> EndpointSpec:
         return _parse_pcap(text)
     if text.startswith("fd:"):
         return _parse_fd(text)
+    if text.startswith("packet:"):
+        return _parse_packet(text)
     return _parse_tap(text)

@@ -75,10 +75,37 @@ ETH_ALEN = 6
 ETH_HLEN = 14
 ETH_MAX_MTU = 0xFFFF
 VLAN_HLEN = 4  # linux/if_vlan.h
+ETH_P_ALL = 0x0003  # every protocol: what a packet socket bound to an interface reads
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+
+# --- linux/socket.h, linux/if_packet.h -----------------------------------
+SOL_PACKET = 263
+PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sent
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_VNET_HDR = 15
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+PACKET_MR_PROMISC = 1
+TPACKET_V3 = 2
+# tp_status / block_status bits.
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1 << 0
+TP_STATUS_COPY = 1 << 1  # the frame was longer than the ring's slot: truncated
+TP_STATUS_LOSING = 1 << 2
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+TP_STATUS_BLK_TMO = 1 << 29
 
 # --- linux/virtio_net.h --------------------------------------------------
 VIRTIO_NET_HDR_SIZE = 10  # struct virtio_net_hdr
 VIRTIO_NET_HDR_MRG_RXBUF_SIZE = 12  # struct virtio_net_hdr_mrg_rxbuf
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_NONE = 0
 
 # Largest frame a TAP can hand us: an MTU of ETH_MAX_MTU plus the Ethernet
 # and VLAN headers, or a 64 KiB GSO super-frame when offloads are on.

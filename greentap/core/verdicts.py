@@ -24,7 +24,8 @@ class Verdict(enum.IntEnum):
     #: EAGAIN, ENOBUFS: the endpoint cannot take a frame now; drop it and count
     #: it (``tx_dropped``), as a NIC with a full ring would.
     BACKPRESSURE = 1
-    #: EIO from a TAP: its link is down; drop and count (``tx_link_down``).
+    #: EIO from a TAP, ENETDOWN from a packet socket: the link is down; drop
+    #: and count (``tx_link_down``).  A tunnel counts it as unreachable.
     LINK_DOWN = 2
     #: EINVAL, EMSGSIZE: this frame was refused; the next one may pass (``tx_errors``).
     REFUSED = 3
@@ -46,7 +47,7 @@ WRITE_VERDICTS: dict[int, Verdict] = {
     errno.EHOSTUNREACH: Verdict.UNREACHABLE,
     errno.ENETUNREACH: Verdict.UNREACHABLE,
     errno.EHOSTDOWN: Verdict.UNREACHABLE,
-    errno.ENETDOWN: Verdict.UNREACHABLE,
+    errno.ENETDOWN: Verdict.LINK_DOWN,
 }
 
 # Drop-counter names (``tx_<reason>``) for errnos that share a meaning; any
@@ -55,6 +56,7 @@ _REASONS = {
     errno.EAGAIN: "backpressure",
     errno.ENOBUFS: "backpressure",
     errno.EMSGSIZE: "too_big",
+    errno.ENETDOWN: "unreachable",  # as a tunnel's send counts it
     **{code: "unreachable" for code, v in WRITE_VERDICTS.items() if v is Verdict.UNREACHABLE},
 }
 

@@ -149,8 +149,11 @@ class GreenFd:
             self._batch = 0
             gevent.sleep(0)
 
-    def wait_readable(self) -> None:
-        """Block this greenlet until the fd is readable.
+    def wait_readable(self, timeout: float | None = None) -> bool:
+        """Block this greenlet until the fd is readable, or at most ``timeout`` seconds.
+
+        Returns:
+            True when readable, False when the timeout passed first.
 
         Raises:
             EndpointClosed: closed before or during the wait.
@@ -158,7 +161,13 @@ class GreenFd:
         if self.closed:
             raise EndpointClosed(endpoint=self.name)
         self._batch = 0
-        self._hub.wait(self._watcher)
+        if timeout is None:
+            self._hub.wait(self._watcher)
+            return True
+        with gevent.Timeout(timeout, False):
+            self._hub.wait(self._watcher)
+            return True
+        return False
 
     # --- lifetime -----------------------------------------------------------
     def _let_go(self, reason: str, then: Callable[..., Any], *args: Any) -> None:

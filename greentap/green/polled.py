@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from greentap.core.counters import DeviceCounters
-from greentap.core.verdicts import Verdict, write_verdict
 from greentap.device.tun import TapDevice
-from greentap.errors import EndpointClosed, FrameRejected, GreentapError, PeerGone, io_error
+from greentap.errors import EndpointClosed, GreentapError, PeerGone, io_error
 from greentap.green import relay
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 
@@ -175,47 +174,20 @@ class PolledTap:
                 frame the kernel refused (counted in ``tx_errors``).
             EndpointClosed, EndpointVanished, EndpointIOError: the device is unusable.
         """
-        fd = self.io.holder.fd
-        if fd < 0:
-            raise EndpointClosed(endpoint=self.name)
+        fd, size = relay.checked_fd(self, frame, self._min_frame)
         counters = self.counters
-        size = len(frame)
-        if size < self._min_frame:
-            counters.tx_errors += 1
-            raise FrameRejected(
-                f"frame of {size} bytes is shorter than {self._min_frame} (a runt)",
-                endpoint=self.name,
-            )
         try:
-            os.write(fd, frame)
+            return relay.send_counted(fd, frame, size, counters)
         except OSError as exc:
-            retry = write_verdict(exc.errno) is Verdict.RETRY
-            failure = relay.write_again(fd, frame) if retry else exc
-            if failure is not None:
-                return self._write_failed(failure)
-        counters.tx_packets += 1
-        counters.tx_bytes += size
-        return True
-
-    def _write_failed(self, exc: OSError) -> bool:
-        """Count a failed write where the verdict table says; raise if it is no drop."""
-        verdict = write_verdict(exc.errno)
-        counters = self.counters
-        if verdict is Verdict.BACKPRESSURE:
-            counters.tx_dropped += 1
-            return False
-        if verdict is Verdict.LINK_DOWN:
-            counters.tx_link_down += 1
-            return False
-        if self.closed:
-            raise EndpointClosed(endpoint=self.name) from exc
-        counters.tx_errors += 1  # a closed device is counted by whoever sent to it
-        raise io_error(self.name, exc, "write") from exc
+            if self.closed:
+                raise EndpointClosed(endpoint=self.name) from exc
+            counters.tx_errors += 1  # a closed device is counted by whoever sent to it
+            raise io_error(self.name, exc, "write") from exc
 
     # --- relay --------------------------------------------------------------
     def relay_to(
         self,
-        dst: PolledTap,
+        dst: relay.Sink,
         on_send_error: Callable[[GreentapError], Any],
         mirrors: Iterable[Callable[[Frame], Any]] = (),
     ) -> None:
@@ -226,8 +198,9 @@ class PolledTap:
         frames, in C when it was built.
 
         Args:
-            dst: the :class:`PolledTap` to write to.  Writes never block: a
-                frame ``dst`` cannot take is dropped and counted on ``dst``.
+            dst: the :class:`PolledTap` (or another :class:`~greentap.green.relay.Sink`)
+                to write to.  Writes never block: a frame ``dst`` cannot take
+                is dropped and counted on ``dst``.
             on_send_error: called with the error when a write to ``dst``
                 fails for good; the relay keeps reading.
             mirrors: callables given every frame read (a pcap port's ``send``).

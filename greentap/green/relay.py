@@ -19,17 +19,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 
 from greentap.core.verdicts import WRITE_VERDICTS, Verdict, table
-from greentap.errors import EndpointClosed, GreentapError, PeerGone, io_error
+from greentap.errors import EndpointClosed, FrameRejected, GreentapError, PeerGone, io_error
 
 if TYPE_CHECKING:
     from greentap.green.polled import PolledTap
 
-__all__ = ["LOOP", "LOOP_REASON", "relay", "write_again"]
+__all__ = ["LOOP", "LOOP_REASON", "Sink", "checked_fd", "relay", "send_counted", "write_again"]
+
+
+class Sink(Protocol):
+    """What a relay writes to: an fd that takes one frame per ``write``.
+
+    A :class:`~greentap.green.polled.PolledTap`, or a port whose fd takes
+    frames the same way (a packet socket bound to an interface).
+    """
+
+    name: str
+    counters: Any
+    io: Any  # a GreenFd: its holder's fd is written to
+
 
 _relay_batch: Any = None
 LOOP_REASON: str | None = None
@@ -60,14 +73,15 @@ Mirror = Callable[[Any], Any]
 
 def relay(
     src: PolledTap,
-    dst: PolledTap,
+    dst: Sink,
     on_send_error: Callable[[GreentapError], Any],
     mirrors: tuple[Mirror, ...] = (),
 ) -> None:
     """Forward every frame read from ``src`` to ``dst`` until ``src`` closes.
 
     Args:
-        src, dst: the devices.  Writes never block: a frame ``dst`` cannot
+        src: the device read.
+        dst: the device (or packet socket) written.  Writes never block: a frame ``dst`` cannot
             take is dropped and counted on ``dst``.
         on_send_error: called with the error when a write to ``dst`` fails
             for good (:attr:`~greentap.core.verdicts.Verdict.FAILED`); the
@@ -86,7 +100,7 @@ def relay(
         _relay_python(src, dst, on_send_error, mirrors)
 
 
-def _relay_c(src: PolledTap, dst: PolledTap, on_send_error: Callable[..., Any]) -> None:
+def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> None:
     batch = _relay_batch
     buf = bytearray(src.max_frame_size)
     rx_c, tx_c = src.counters, dst.counters
@@ -113,7 +127,7 @@ def _relay_c(src: PolledTap, dst: PolledTap, on_send_error: Callable[..., Any]) 
             raise io_error(src.name, OSError(code, os.strerror(code)), "read")
 
 
-def write_again(fd: int, frame: Any) -> OSError | None:
+def write_again(fd: int, frame: Any, write: Callable[[int, Any], Any] = os.write) -> OSError | None:
     """Repeat a write whose error's verdict is RETRY, until it is written or fails otherwise.
 
     Returns:
@@ -121,14 +135,74 @@ def write_again(fd: int, frame: Any) -> OSError | None:
     """
     while True:
         try:
-            os.write(fd, frame)
+            write(fd, frame)
             return None
         except OSError as exc:
             if WRITE_VERDICTS.get(exc.errno or 0) is not Verdict.RETRY:
                 return exc
 
 
-def _failed(dst: PolledTap, exc: OSError, on_send_error: Callable[..., Any]) -> None:
+def checked_fd(sink: Sink, frame: Any, min_frame: int) -> tuple[int, int]:
+    """The fd to write ``frame`` to, and the frame's size, once both are fit for a write.
+
+    Raises:
+        EndpointClosed: the sink is closed.
+        FrameRejected: a runt, shorter than ``min_frame`` (counted in ``tx_errors``).
+    """
+    fd = sink.io.holder.fd
+    if fd < 0:
+        raise EndpointClosed(endpoint=sink.name)
+    size = len(frame)
+    if size < min_frame:
+        sink.counters.tx_errors += 1
+        raise FrameRejected(
+            f"frame of {size} bytes is shorter than {min_frame} (a runt)", endpoint=sink.name
+        )
+    return fd, size
+
+
+def send_counted(
+    fd: int, frame: Any, size: int, counters: Any, write: Callable[[int, Any], Any] = os.write
+) -> bool:
+    """Write one frame without blocking and count it where the verdict table says.
+
+    The send of every port whose fd takes one frame per write (TAPs, packet sockets).
+
+    Args:
+        fd: the fd.
+        frame: what ``write`` writes (a frame; buffers for ``os.writev``).
+        size: the frame's length, for ``tx_bytes``.
+        counters: the port's counters.
+        write: ``os.write`` or ``os.writev``.
+
+    Returns:
+        True if written (``tx_packets``); False if dropped: BACKPRESSURE
+        (``tx_dropped``) or LINK_DOWN (``tx_link_down``).
+
+    Raises:
+        OSError: any other verdict, not counted: the caller names and counts it.
+    """
+    try:
+        write(fd, frame)
+    except OSError as exc:
+        failure: OSError | None = exc
+        if WRITE_VERDICTS.get(exc.errno or 0) is Verdict.RETRY:
+            failure = write_again(fd, frame, write)
+        if failure is not None:
+            verdict = WRITE_VERDICTS.get(failure.errno or 0, Verdict.FAILED)
+            if verdict is Verdict.BACKPRESSURE:
+                counters.tx_dropped += 1
+                return False
+            if verdict is Verdict.LINK_DOWN:
+                counters.tx_link_down += 1
+                return False
+            raise failure from None
+    counters.tx_packets += 1
+    counters.tx_bytes += size
+    return True
+
+
+def _failed(dst: Sink, exc: OSError, on_send_error: Callable[..., Any]) -> None:
     error = io_error(dst.name, exc, "write")
     if not isinstance(error, EndpointClosed):
         dst.counters.tx_errors += 1  # EndpointClosed is counted by on_send_error
@@ -137,7 +211,7 @@ def _failed(dst: PolledTap, exc: OSError, on_send_error: Callable[..., Any]) -> 
 
 def _relay_python(
     src: PolledTap,
-    dst: PolledTap,
+    dst: Sink,
     on_send_error: Callable[..., Any],
     mirrors: tuple[Mirror, ...],
 ) -> None:

@@ -2,13 +2,15 @@
 
 :class:`~greentap.ports.base.Port` is the protocol; the kinds are TAPs and
 inherited ``fd:N`` (:mod:`~greentap.ports.tap`), VXLAN and raw UDP tunnels
-(:mod:`~greentap.ports.tunnel`) and pcap mirrors (:mod:`~greentap.ports.pcap`).
+(:mod:`~greentap.ports.tunnel`), existing interfaces (:mod:`~greentap.ports.packet`)
+and pcap mirrors (:mod:`~greentap.ports.pcap`).
 Each registers its opener with :mod:`~greentap.ports.registry`, which
 :func:`open_port` consults; importing this package registers them all.
 """
 
-from greentap.ports import pcap, tap, tunnel
+from greentap.ports import packet, pcap, tap, tunnel
 from greentap.ports.base import FramePort, Port
+from greentap.ports.packet import PacketPort
 from greentap.ports.pcap import PcapPort
 from greentap.ports.registry import OpenOptions, kinds, open_port, open_ports, register
 from greentap.ports.tap import TapPort, put_back
@@ -18,6 +20,7 @@ __all__ = [
     "DatagramPort",
     "FramePort",
     "OpenOptions",
+    "PacketPort",
     "PcapPort",
     "Port",
     "TapPort",
@@ -26,6 +29,7 @@ __all__ = [
     "kinds",
     "open_port",
     "open_ports",
+    "packet",
     "pcap",
     "put_back",
     "register",

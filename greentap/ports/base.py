@@ -42,6 +42,8 @@ class Port:
         policer: a :class:`~greentap.core.ratelimit.TokenBucket` limiting the
             frames read from this port (``?rate=PPS``), or None.
         recoverable: the port may come back after failing (see :meth:`check`).
+        sink: what the wire's relay may write to directly, one frame per
+            ``write`` (a :class:`~greentap.green.relay.Sink`), or None.
         notify: ``notify(event, level="warning", **fields)`` reports a state
             change (link down, peer unreachable, ...); the forwarder sets it
             to log once per change.
@@ -56,6 +58,7 @@ class Port:
     drops: Mapping[str, int] = types.MappingProxyType({})  # ports that count drops replace it
     policer: TokenBucket | None = None
     recoverable = False
+    sink: Any = None
     notify: Any = staticmethod(_ignore)
 
     def check(self) -> bool:
@@ -119,6 +122,7 @@ class FramePort(Port):
         # Bound once: these are called per frame.
         self.recv_into = polled.recv_into  # type: ignore[method-assign]
         self.send = polled.send  # type: ignore[method-assign]
+        self.sink = polled
         self.drops: collections.Counter[str] = collections.Counter()  # rx_rate_limited
 
     def close(self) -> None:

@@ -175,7 +175,8 @@ class DatagramPort(Port):
                 self.counters.tx_dropped += 1
                 return False
             self.counters.tx_errors += 1
-            if verdict is Verdict.UNREACHABLE and addr not in self._unreachable:
+            down = verdict is Verdict.LINK_DOWN  # ENETDOWN: the way to the remote is down
+            if (verdict is Verdict.UNREACHABLE or down) and addr not in self._unreachable:
                 self._unreachable[addr] = exc.strerror or str(exc)
                 self.notify("peer_unreachable", remote=_format_addr(addr), error=exc.strerror)
             return False

@@ -16,7 +16,7 @@ TRANSFER = 64 << 20  # bytes
 RECEIVER = textwrap.dedent(
     """
     import hashlib, socket, sys
-    srv = socket.create_server((sys.argv[1], 5001))
+    srv = socket.create_server((sys.argv[1], 5001), family=socket.getaddrinfo(sys.argv[1], 0)[0][0])
     print("ready", flush=True)
     conn, _ = srv.accept()
     digest, total = hashlib.sha256(), 0
@@ -48,10 +48,17 @@ SENDER = textwrap.dedent(
 
 def transfer(a, b):
     """Send TRANSFER pseudo-random bytes from a to b over TCP; return both digests."""
-    receiver = b.ns.popen(sys.executable, "-c", RECEIVER, b.ip, stdout=-1, text=True)
+    return transfer_between(a.ns, b.ns, b.ip)
+
+
+def transfer_between(src_ns, dst_ns, address, bind=None):
+    """Send TRANSFER pseudo-random bytes over TCP from ``src_ns`` to ``address`` in
+    ``dst_ns`` (whose receiver listens on ``bind``, default ``address``); return the
+    sender's and the receiver's SHA-256."""
+    receiver = dst_ns.popen(sys.executable, "-c", RECEIVER, bind or address, stdout=-1, text=True)
     try:
         assert receiver.stdout.readline().strip() == "ready"
-        sent = a.ns.exec(sys.executable, "-c", SENDER, b.ip, str(TRANSFER), timeout=120)
+        sent = src_ns.exec(sys.executable, "-c", SENDER, address, str(TRANSFER), timeout=120)
         total, received = receiver.stdout.readline().split()
         receiver.wait(timeout=30)
     finally:

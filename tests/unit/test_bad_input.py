@@ -44,6 +44,9 @@ BAD = [
     (["vxlan://198.18.0.2?vni=\u00b2", "tap1"], USAGE, "vni '\u00b2': expected"),
     (["udp://127.0.0.1:\u00b2", "tap1"], USAGE, "port '\u00b2'"),
     (["fd:\u00b2", "tap1"], USAGE, "expected fd:N"),
+    (["packet:eth0?qdisc=maybe", "tap1"], USAGE, "qdisc 'maybe': expected bypass or use"),
+    (["packet:eth0/x", "tap1"], USAGE, "eth0/x: name contains '/'"),
+    (["--offload", "on", "packet:eth0", "udp://127.0.0.1:9"], USAGE, "--offload on needs"),
     (["pcap:/tmp/x.pcap?snaplen=\u00b2", "a", "b"], USAGE, "snaplen '\u00b2'"),
     (["--mtu", "\uff16\uff18", "a", "b"], USAGE, "argument --mtu: expected a whole number"),
     (["--max-macs", "1_000", "a", "b"], USAGE, "argument --max-macs"),
@@ -128,7 +131,7 @@ host = st.sampled_from(["198.18.0.2", "[::1]", "[zz]", "[::1", "localhost", "a b
 endpoint = st.one_of(
     st.builds(
         lambda p, t: p + t,
-        st.sampled_from(["", "tap:", "vxlan://", "udp://", "pcap:", "fd:", "foo:"]),
+        st.sampled_from(["", "tap:", "vxlan://", "udp://", "pcap:", "fd:", "packet:", "foo:"]),
         text,
     ),
     st.builds(
@@ -173,7 +176,7 @@ def test_random_endpoints_parse_or_raise_a_usage_error(text):
         spec = parse_endpoint(text)
     except UsageError:
         return
-    assert spec.kind in ("tap", "vxlan", "udp", "pcap", "fd")
+    assert spec.kind in ("tap", "vxlan", "udp", "pcap", "fd", "packet")
 
 
 @given(argv)

@@ -34,6 +34,11 @@ def test_tap_scheme_with_namespace():
         ("tap:x?burst=10", "burst= needs rate="),
         ("pcap:/tmp/x?rate=10", "unknown option 'rate'"),
         ("fd:3?netns=x", "unknown option 'netns'"),
+        ("packet:", "names no interface"),
+        ("packet:eth0?qdisc=fast", "qdisc 'fast': expected bypass or use"),
+        ("packet:eth0?vni=3", "unknown option 'vni'"),
+        ("packet:eth0?netns=..", "netns '..'"),
+        ("packet:eth0?burst=3", "burst= needs rate="),
     ],
 )
 def test_bad_syntax_is_explained(text, match):
@@ -63,3 +68,17 @@ def test_every_carrying_endpoint_takes_a_rate_limit(text, rate, burst):
     spec = parse_endpoint(text)
     assert spec.options["rate"] == rate
     assert spec.options.get("burst") == burst
+
+
+def test_packet_endpoint_with_its_options():
+    """packet:IFNAME takes netns, qdisc and a rate limit."""
+    spec = parse_endpoint("packet:eth0?netns=blue&qdisc=use&rate=100")
+    assert (spec.kind, spec.name) == ("packet", "eth0")
+    assert spec.options == {"netns": "blue", "qdisc": "use", "rate": 100.0}
+    assert parse_endpoint("packet:bond0").options == {}
+
+
+def test_a_packet_interface_name_is_checked():
+    """An interface name too long for Linux is refused, never truncated."""
+    with pytest.raises(TapNameTooLong):
+        parse_endpoint("packet:" + "x" * 16)

@@ -278,3 +278,17 @@ def test_no_fd_is_leaked_by_polled_open_close():
         Tap._adopt(ours.detach(), "sp2").polled().close()
         peer.close()
     assert open_fds() == before
+
+
+def test_a_wait_with_a_timeout_ends_at_the_timeout_or_when_readable(seqpacket):
+    """GreenFd.wait_readable(timeout): False when nothing arrives in time (the hub
+    ran meanwhile), True as soon as a frame is there; the frame is still read."""
+    tap, peer = seqpacket
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.005)) for _ in range(3)])
+    assert tap.io.wait_readable(0.05) is False
+    assert len(ticks) == 3  # other greenlets ran while it waited
+    ticker.join()
+    gevent.spawn_later(0.01, peer.send, FRAME)
+    assert tap.io.wait_readable(5) is True
+    assert tap.recv() == FRAME

@@ -1,0 +1,333 @@
+"""``packet:IFNAME``: an interface that already exists (a NIC, a veth, a bond) as a port.
+
+The port reads the frames arriving on the interface from a ``TPACKET_V3``
+ring (:class:`~greentap.device.packet.PacketSocket`): one wake-up for a
+block of frames, each copied once out of the ring into the reader's
+buffer.  A lone frame waits for the block's retire timer (1 ms), the price
+of the ring; under load blocks fill long before it fires.  VLAN tags the
+kernel took out of received frames are put back
+(:func:`~greentap.core.tpacket.frame_with_tag`); frames are sent as they are,
+tags included, one ``write`` each.  Frames this host sends out of the
+interface are not read back.
+
+Faults are handled as for TAPs: the link going down and up is reported once
+each (frames sent meanwhile count as ``tx_link_down``); an interface deleted
+or moved to another namespace fails the port, which binds the same socket
+again when an interface of that name exists there again (no privilege
+needed, so this works after ``--user``).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+from typing import Any
+
+from greentap.core import kernel_constants as kc
+from greentap.core import tpacket
+from greentap.core.counters import DeviceCounters
+from greentap.core.endpoints import EndpointSpec
+from greentap.core.tpacket import RingGeometry
+from greentap.core.verdicts import Verdict, drop_reason, write_verdict
+from greentap.device.link import Link
+from greentap.device.netns import Netns
+from greentap.device.packet import PacketSocket
+from greentap.errors import (
+    EndpointClosed,
+    EndpointVanished,
+    FrameRejected,
+    GreentapError,
+    LinkConfigFailed,
+    io_error,
+)
+from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
+from greentap.green.relay import checked_fd, send_counted
+from greentap.ports.base import Port
+from greentap.ports.registry import OpenOptions, register
+
+__all__ = ["PacketPort"]
+
+# How often a reader whose link is down looks whether the interface is gone (seconds).
+_DOWN_POLL = 0.5
+# The vnet header of a finished frame: no checksum to fill in, no segmentation.
+_NO_OFFLOAD = bytes(kc.VIRTIO_NET_HDR_SIZE)
+
+
+class PacketPort(Port):
+    """An existing Ethernet interface as a forwarder port.
+
+    Args:
+        name: the interface.
+        netns: the namespace it lives in, None for this process's.
+        hub: the gevent hub.
+        offload: frames carry a virtio-net header, super-frames pass whole
+            (as :class:`~greentap.ports.tap.TapPort` with ``offload``).
+        qdisc_bypass: send straight to the driver (see
+            :mod:`greentap.device.packet` for when not to).
+        geometry: the receive ring's shape.
+        budget: frames read back to back before yielding to the hub.
+
+    Attributes:
+        link_state: ``"up"``, ``"down"`` or ``"gone"`` (deleted or moved away,
+            waiting to come back), as last seen.
+
+    Raises:
+        GreentapError: as :class:`~greentap.device.packet.PacketSocket`.
+    """
+
+    kind = "packet"
+    recoverable = True
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        netns: Netns = None,
+        hub: Any = None,
+        offload: bool = False,
+        qdisc_bypass: bool = True,
+        geometry: RingGeometry | None = None,
+        budget: int = DEFAULT_BUDGET,
+    ) -> None:
+        self.name = name
+        self.netns = netns
+        # A vnet header always: without offloads it tells which checksums a
+        # sender on this host left unfinished (see tpacket.plain_frame).
+        self.sock = PacketSocket(
+            name, netns=netns, vnet_hdr=True, geometry=geometry, qdisc_bypass=qdisc_bypass
+        )
+        try:
+            self.link = Link(name, netns=netns)
+            self.io = GreenFd(self.sock.holder, hub=hub, budget=budget)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.counters = DeviceCounters()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.offload = offload
+        self.header_size = self.sock.vnet_hdr_size if offload else 0
+        # With offloads the wire's relay writes frames (vnet header first) to
+        # the socket itself; without, each needs the header put in front.
+        self.sink = self if offload else None
+        self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
+        self._min_frame = kc.ETH_HLEN + self.header_size
+        self._told_super_frames = False
+        self._down = False  # the reader saw the link go down and has read no frame since
+        self._closed = False
+        self._refused: str | None = None
+        self.link_state = "up" if self.link.is_up else "down"
+
+    # --- receive ------------------------------------------------------------
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Copy the next frame from the ring into ``buffer``, waiting cooperatively for one.
+
+        Args:
+            buffer: at least :attr:`max_frame_size` bytes.
+
+        Returns:
+            The frame's length (with its vnet header and its VLAN tag put back).
+
+        Raises:
+            ValueError: ``buffer`` is too short.
+            EndpointClosed: the port was closed.
+            EndpointVanished: the interface was deleted or moved away.
+        """
+        if len(buffer) < self.max_frame_size:
+            raise ValueError(f"recv_into needs a buffer of at least {self.max_frame_size} bytes")
+        sock, counters = self.sock, self.counters
+        while True:
+            slot = sock.next_slot()
+            if slot is None:
+                if sock.corrupt_blocks:
+                    self.drops["rx_ring_corrupt"] += sock.corrupt_blocks
+                    counters.rx_errors += sock.corrupt_blocks
+                    sock.corrupt_blocks = 0
+                self._wait()
+                continue
+            self._down = False
+            n = self._copy(slot, sock.view, buffer)  # type: ignore[arg-type]  # open: a slot came
+            if n:
+                self.io.count()  # yields to the hub after a budget of frames
+                return n
+
+    def _copy(self, slot: tpacket.Slot, view: memoryview, buffer: Any) -> int:
+        counters = self.counters
+        if slot.truncated:
+            self.drops["rx_truncated"] += 1
+            counters.rx_errors += 1
+            return 0
+        start, n = slot.start, slot.length
+        if not self.offload:
+            return self._copy_plain(view[start : start + n], slot.tag, buffer)
+        if slot.tag is None:
+            buffer[:n] = view[start : start + n]
+        else:
+            try:
+                frame = tpacket.frame_with_tag(view[start : start + n], self.header_size, slot.tag)
+            except ValueError:
+                self.drops["rx_runt"] += 1
+                counters.rx_errors += 1
+                return 0
+            n = len(frame)
+            buffer[:n] = frame
+        counters.rx_packets += 1
+        counters.rx_bytes += n
+        return n
+
+    def _copy_plain(self, frame: memoryview, tag: Any, buffer: Any) -> int:
+        try:
+            plain = tpacket.plain_frame(frame, tag)
+        except tpacket.SuperFrame as exc:
+            self.drops["rx_super_frame"] += 1
+            self.counters.rx_errors += 1
+            if not self._told_super_frames:
+                self._told_super_frames = True
+                self.notify(
+                    "super_frames_dropped", error=str(exc),
+                    hint="the interface hands over GRO/TSO super-frames and offloads are off "
+                    f"(an endpoint cannot carry them): turn GRO off on {self.name} "
+                    "(ethtool -K IFNAME gro off) and TSO off on the sending peer",
+                )  # fmt: skip
+            return 0
+        except ValueError:
+            self.drops["rx_bad_vnet_header"] += 1
+            self.counters.rx_errors += 1
+            return 0
+        n = len(plain)
+        buffer[:n] = plain
+        self.counters.rx_packets += 1
+        self.counters.rx_bytes += n
+        return n
+
+    def _wait(self) -> None:
+        """Wait for a block; read the error behind a wake-up without one (link down, gone)."""
+        # While the link is down nothing wakes the reader when the interface
+        # is then deleted (the kernel reports ENETDOWN once, at the down): look.
+        timeout = _DOWN_POLL if self._down else None
+        readable = self.io.wait_readable(timeout)  # raises EndpointClosed if closed meanwhile
+        code = self.sock.pending_error() if readable else 0
+        if code == errno.ENETDOWN:
+            self._down = True
+        if (code or self._down) and not self.sock.bound():
+            self._down = False
+            raise EndpointVanished(
+                "the interface was deleted or moved to another namespace", endpoint=self.name,
+                errno=code or errno.ENETDOWN,
+            )  # fmt: skip
+
+    # --- send ---------------------------------------------------------------
+    def send(self, frame: bytes | bytearray | memoryview) -> bool:
+        """Send one frame out of the interface without blocking.
+
+        Returns:
+            True if sent; False if dropped: the driver's queue was full
+            (``tx_dropped``) or the link is down (``tx_link_down``).
+
+        Raises:
+            FrameRejected: a runt or a frame the kernel refused (``tx_errors``).
+            EndpointClosed: the port was closed.
+            EndpointVanished: the interface was deleted or moved away.
+        """
+        fd, size = checked_fd(self, frame, self._min_frame)
+        counters = self.counters
+        try:
+            if self.offload:
+                return send_counted(fd, frame, size, counters)
+            return send_counted(fd, (_NO_OFFLOAD, frame), size, counters, os.writev)
+        except OSError as exc:
+            if self.io.closed:
+                raise EndpointClosed(endpoint=self.name) from exc
+            counters.tx_errors += 1
+            self.drops[f"tx_{drop_reason(exc.errno)}"] += 1
+            if write_verdict(exc.errno) is Verdict.REFUSED:
+                raise FrameRejected.from_errno(exc.errno, "the kernel refused the frame",
+                                               endpoint=self.name) from exc  # fmt: skip
+            if exc.errno in (errno.ENXIO, errno.ENODEV):
+                raise EndpointVanished("the interface was deleted or moved to another namespace",
+                                       endpoint=self.name, errno=exc.errno) from exc  # fmt: skip
+            raise io_error(self.name, exc, "write") from exc
+
+    # --- watching the link ----------------------------------------------------
+    def check(self) -> bool:
+        """Report link changes once each; bind again to an interface that is back.
+
+        Returns:
+            True if the port had failed and works again.
+        """
+        if self._closed:
+            return False
+        if self.sock.bound():
+            self._watch_link()
+            return False
+        if not self.link.exists():
+            if self.link_state != "gone":
+                self.link_state = "gone"
+            return False
+        try:
+            self.sock.rebind()
+        except GreentapError as exc:
+            if str(exc) != self._refused:
+                self._refused = str(exc)
+                self.notify("endpoint_reattach_failed", error=str(exc),
+                            error_type=type(exc).__name__)  # fmt: skip
+            return False
+        self._refused = None
+        self.link_state = "gone"  # so that the state found now is reported
+        self._watch_link()
+        if self.io.closed:  # failed: the reader let go of the fd
+            self.io.attach(self.sock.holder)
+            return True
+        return False
+
+    def _watch_link(self) -> None:
+        try:
+            state = "up" if self.link.is_up else "down"
+        except LinkConfigFailed:
+            return  # gone meanwhile: the reader reports it
+        previous, self.link_state = self.link_state, state
+        if state != previous:
+            if state == "up":
+                self.notify("link_up", level="info", previous=previous)
+            else:
+                self.notify("link_down", previous=previous)
+
+    def fail(self) -> None:
+        """The interface left: wake the reader and stop; keep the socket for :meth:`check`."""
+        if self._closed:
+            return
+        self.link_state = "gone"
+        if not self.io.closed:
+            self.io.release("the interface left")
+
+    # --- lifetime -------------------------------------------------------------
+    def close(self) -> None:
+        """Close the socket and unmap its ring (the interface's promiscuity is undone)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.link.close()
+        if self.io.closed:
+            self.sock.close()
+        else:
+            self.io.close("endpoint was closed", then=self.sock.close)
+
+    def describe(self) -> dict[str, Any]:
+        """Return a dict describing the port for logs."""
+        return {
+            **super().describe(),
+            "netns": self.netns,
+            "offload": self.offload,
+            "ring_bytes": self.sock.geometry.size,
+        }
+
+
+@register("packet")
+def _open_packet(spec: EndpointSpec, options: OpenOptions) -> PacketPort:
+    return PacketPort(
+        spec.name,
+        netns=spec.options.get("netns"),
+        hub=options.hub,
+        offload=options.offload,
+        qdisc_bypass=spec.options.get("qdisc", "bypass") == "bypass",
+    )
