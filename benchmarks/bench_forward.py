@@ -17,6 +17,9 @@ Builds two throw-away network namespaces A and B (addresses from
   ``socat TUN,tun-type=tap TUN,tun-type=tap`` (socat's TUN address, tap type);
 * ``kernel-vxlan``: the kernel's vxlan on both sides of a veth underlay (the
   ceiling for tunnels);
+* ``tf-packet``: a TAP in A, tap-forward, ``packet:`` on a veth whose peer is
+  B's (``-rx``: the generator in B, frames read from the ring; ``-python``:
+  the pure-Python loop);
 * ``kvxlan+tf``: the kernel's vxlan in A, tap-forward bridging it to a TAP in B;
 * ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN;
 * with ``--baseline DIR`` (another checkout of greentap, its C loop built in
@@ -222,15 +225,16 @@ def case_tap_forward_vxlan(topo):
     return a, da, b, db, 1450
 
 
-def case_tap_forward_packet(topo, *args, env=None):
-    """TAP in A <-> tap-forward <-> ``packet:`` on a veth whose peer is B's."""
+def case_tap_forward_packet(topo, *args, env=None, reverse=False):
+    """TAP in A <-> tap-forward <-> ``packet:`` on a veth whose peer is B's; with
+    ``reverse`` the generator sends from B (through the ring) to A."""
     a, f, b = topo.ns("a"), topo.ns("f"), topo.ns("b")
     da, dp, db = f"t{topo.tag}a", f"p{topo.tag}f", f"p{topo.tag}b"
     sh("ip", "link", "add", dp, "netns", f, "type", "veth", "peer", "name", db, "netns", b)
     sh("ip", "-n", f, "link", "set", dp, "up")
     topo.tap_forward(None, *args, f"tap:{da}?netns={a}", f"packet:{dp}?netns={f}", env=env)
     wait_for_link(a, da)
-    return a, da, b, db, None
+    return (b, db, a, da, None) if reverse else (a, da, b, db, None)
 
 
 # name -> (build the topology, the flows trafgen offers)
@@ -250,6 +254,11 @@ CASES = {
     ),
     "tf-packet": (case_tap_forward_packet, ONE_FLOW),
     "tf-packet-python": (lambda t: case_tap_forward_packet(t, env=PURE), ONE_FLOW),
+    "tf-packet-rx": (lambda t: case_tap_forward_packet(t, reverse=True), ONE_FLOW),
+    "tf-packet-rx-python": (
+        lambda t: case_tap_forward_packet(t, env=PURE, reverse=True),
+        ONE_FLOW,
+    ),
     "kernel-vxlan": (case_kernel_vxlan, ONE_FLOW),
     "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
     "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
@@ -269,6 +278,8 @@ RATIOS = [
     ("tf-py-2w-8flows", "tf-py-8flows"),
     ("tf-packet", "tap-forward"),
     ("tf-packet-python", "tf-python"),
+    ("tf-packet-rx", "tap-forward"),
+    ("tf-packet-rx-python", "tf-python"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
     ("tap-forward", "base-tap-forward"),
@@ -284,6 +295,7 @@ FLOORS = [
     ("tf-2w-8flows", "tf-8flows", "small_pps", "min", 1.3),
     ("tf-packet", "tap-forward", "small_pps", "min", 0.9),
     ("tf-packet", "tap-forward", "tcp_gbps", "min", 0.7),
+    ("tf-packet-rx", "tap-forward", "small_pps", "min", 0.9),
 ]
 RSS_LIMIT_MB = 60.0
 RSS_GROWTH_LIMIT = 0.05

@@ -35,7 +35,7 @@ from greentap.core.ethernet import format_mac
 from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
 from greentap.errors import EndpointClosed, GreentapError, UsageError
 from greentap.green import relay
-from greentap.ports.base import FramePort, Port
+from greentap.ports.base import Port
 
 __all__ = ["DEFAULT_KEEP_WARM", "Forwarder"]
 
@@ -140,14 +140,8 @@ class Forwarder(Service):
             return "python", "a mirror gets every frame"
         if any(p.policer is not None for p in self.ports):
             return "python", "a rate limit polices the frames"
-        if not all(isinstance(p, FramePort) for p in self.ports):
-            if all(p.sink is not None for p in self.ports):
-                return (
-                    "python",
-                    "frames read from a packet: ring take the Python loop "
-                    f"(frames to it the {relay.LOOP} loop)",
-                )
-            return "python", "an endpoint is not a TAP"
+        if not all(p.sink is not None for p in self.ports):
+            return "python", "an endpoint is not a TAP or a packet: interface with offloads"
         return relay.LOOP, relay.LOOP_REASON
 
     def _spawn_pump(self, index: int) -> None:

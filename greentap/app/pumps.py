@@ -15,7 +15,7 @@ from typing import Any
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import LearningSwitch
 from greentap.errors import FrameRejected, GreentapError
-from greentap.ports.base import FramePort, Port
+from greentap.ports.base import Port
 
 __all__ = ["admission", "mirror_sends", "switch", "wire"]
 
@@ -32,16 +32,16 @@ def wire(
 ) -> None:
     """Send every frame read from ``src`` to ``dst`` until ``src`` closes.
 
-    A TAP read with no policer into a port that takes frames by ``write``
-    (a TAP, a ``packet:`` interface) takes the tight relay (two system calls
-    per frame, in C when it was built); anything else the generic loop.
+    A TAP or a ``packet:`` ring read with no policer into a port that takes
+    frames by ``write`` (a TAP, a ``packet:`` interface) takes the tight relay
+    (one or two system calls per frame, in C when it was built); anything else
+    the generic loop.
 
     Raises:
         EndpointClosed: ``src`` was closed (the normal end).
         GreentapError: ``src`` failed.
     """
-    if admit is None and isinstance(src, FramePort) and dst.sink is not None:
-        src.polled.relay_to(dst.sink, on_send_error, mirrors)
+    if admit is None and dst.sink is not None and src.relay_to(dst.sink, on_send_error, mirrors):
         return
     recv_into, buf, view = _reader(src)
     send = dst.send

@@ -36,7 +36,9 @@ __all__ = [
     "Slot",
     "SuperFrame",
     "block_ready",
+    "frame_at",
     "frame_with_tag",
+    "open_block",
     "plain_frame",
     "read_block",
 ]
@@ -129,41 +131,63 @@ def block_ready(ring: object, base: int) -> bool:
     return bool(_STATUS.unpack_from(ring, base + STATUS_OFFSET)[0] & kc.TP_STATUS_USER)  # type: ignore[arg-type]
 
 
-def read_block(ring: object, base: int, block_size: int, header: int = 0) -> list[Slot]:
-    """List the frames of the block at ``base`` of ``ring``.
-
-    Args:
-        ring: the mapped ring (any buffer).
-        base: the block's offset in ``ring``.
-        block_size: bytes per block.
-        header: bytes of vnet header the kernel puts before each frame.
+def open_block(ring: object, base: int, block_size: int) -> tuple[int, int]:
+    """How many frames the ready block at ``base`` holds, and where the first one starts.
 
     Returns:
-        The block's frames, in order.
+        ``(count, offset of the first frame's header in ring)``.
+
+    Raises:
+        RingCorrupt: the first frame would start inside the block descriptor or past the end.
+    """
+    _, _, _, count, first, _, _ = BLOCK_HEADER.unpack_from(ring, base)  # type: ignore[arg-type]
+    if count and (first < BLOCK_HEADER_SIZE or first + PACKET_HEADER.size > block_size):
+        raise RingCorrupt(f"the first of {count} frames starts outside the block")
+    return count, base + first
+
+
+def frame_at(ring: object, offset: int, end: int, header: int, last: bool) -> tuple[Slot, int]:
+    """The frame whose ``tpacket3_hdr`` is at ``offset``, and where the next one starts.
+
+    Args:
+        ring: the mapped ring.
+        offset: the frame header's offset in ``ring``.
+        end: the offset where its block ends.
+        header: bytes of vnet header the kernel puts before each frame.
+        last: it is the block's last frame (its next offset is not used).
+
+    Returns:
+        ``(slot, offset of the next frame's header)``.
+
+    Raises:
+        RingCorrupt: the header, the frame or the next offset lie outside the block.
+    """
+    if offset + PACKET_HEADER.size > end:
+        raise RingCorrupt("a frame starts outside the block")
+    nxt, _, _, snap, length, status, mac, _, _, tci, tpid = PACKET_HEADER.unpack_from(ring, offset)  # type: ignore[arg-type]
+    start = offset + mac - header
+    if mac - header < PACKET_HEADER.size or start + header + snap > end:
+        raise RingCorrupt("a frame lies outside the block")
+    if not last and nxt < PACKET_HEADER.size:
+        raise RingCorrupt("a frame points back into itself")
+    tag = None
+    if status & kc.TP_STATUS_VLAN_VALID or tci:
+        tag = (tpid if status & kc.TP_STATUS_VLAN_TPID_VALID else kc.ETH_P_8021Q, tci)
+    return Slot(start, header + snap, snap < length, tag), offset + nxt
+
+
+def read_block(ring: object, base: int, block_size: int, header: int = 0) -> list[Slot]:
+    """List the frames of the block at ``base`` of ``ring`` (:func:`open_block` and
+    :func:`frame_at` over the whole block).
 
     Raises:
         RingCorrupt: an offset or length points outside the block.
     """
-    _, _, _, count, first, _, _ = BLOCK_HEADER.unpack_from(ring, base)  # type: ignore[arg-type]
-    end = base + block_size
-    slots: list[Slot] = []
-    offset = base + first
-    unpack = PACKET_HEADER.unpack_from
+    count, offset = open_block(ring, base, block_size)
+    slots = []
     for i in range(count):
-        if first < BLOCK_HEADER_SIZE or offset + PACKET_HEADER.size > end:
-            raise RingCorrupt(f"frame {i} of {count} starts outside the block")
-        nxt, _, _, snap, length, status, mac, _, _, tci, tpid = unpack(ring, offset)  # type: ignore[arg-type]
-        start = offset + mac - header
-        if mac - header < PACKET_HEADER.size or start + header + snap > end:
-            raise RingCorrupt(f"frame {i} of {count} lies outside the block")
-        tag = None
-        if status & kc.TP_STATUS_VLAN_VALID or tci:
-            tag = (tpid if status & kc.TP_STATUS_VLAN_TPID_VALID else kc.ETH_P_8021Q, tci)
-        slots.append(Slot(start, header + snap, snap < length, tag))
-        if i + 1 < count:
-            if nxt < PACKET_HEADER.size:
-                raise RingCorrupt(f"frame {i} of {count} points back into itself")
-            offset += nxt
+        slot, offset = frame_at(ring, offset, base + block_size, header, i + 1 == count)
+        slots.append(slot)
     return slots
 
 

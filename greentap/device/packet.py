@@ -124,9 +124,10 @@ class PacketSocket:
         self.holder = FdHolder(sock, name=name)
         self.view: memoryview | None = memoryview(self.ring)
         self.corrupt_blocks = 0
-        self._block = 0
-        self._slots: list[Slot] = []
-        self._next = 0
+        #: Where reading stands: [block, offset of the next frame's header,
+        #: frames left in the block, 1 if the block was taken from the kernel].
+        #: The C loop (greentap/green/_relay.c, ring_batch) reads and updates it too.
+        self.cursor = [0, 0, 0, 0]
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.holder.fd} ifindex={self.ifindex}"
@@ -253,41 +254,47 @@ class PacketSocket:
         view = self.view
         if view is None:
             raise EndpointClosed(endpoint=self.name)
+        cursor, size = self.cursor, self.geometry.block_size
         while True:
-            i = self._next
-            if i < len(self._slots):
-                self._next = i + 1
-                return self._slots[i]
-            if self._slots:
-                self._give_back(view)
-            base = self._block * self.geometry.block_size
-            if not tpacket.block_ready(view, base):
-                return None
+            block, offset, left, taken = cursor
+            base = block * size
             try:
-                slots = tpacket.read_block(view, base, self.geometry.block_size, self.vnet_hdr_size)
+                if taken and left:
+                    slot, cursor[1] = tpacket.frame_at(
+                        view, offset, base + size, self.vnet_hdr_size, left == 1
+                    )
+                    cursor[2] = left - 1
+                    return slot
+                if taken:  # every frame of it was read: give it back
+                    self._give_back(view)
+                    continue
+                if not tpacket.block_ready(view, base):
+                    return None
+                cursor[2], cursor[1] = tpacket.open_block(view, base, size)
+                cursor[3] = 1
             except RingCorrupt:
                 self.corrupt_blocks += 1
-                slots = []
-            if not slots:  # nothing to read in it: give it back at once
                 self._give_back(view)
-                continue
-            self._slots, self._next = slots, 0
 
     def _give_back(self, view: memoryview) -> None:
-        at = self._block * self.geometry.block_size + tpacket.STATUS_OFFSET
+        cursor = self.cursor
+        at = cursor[0] * self.geometry.block_size + tpacket.STATUS_OFFSET
         view[at : at + 4] = bytes(4)  # TP_STATUS_KERNEL
-        self._block = (self._block + 1) % self.geometry.block_count
-        self._slots, self._next = [], 0
+        cursor[:] = [(cursor[0] + 1) % self.geometry.block_count, 0, 0, 0]
 
     def close(self) -> None:
         """Unmap the ring, then close the socket; harmless if already closed."""
         view, self.view = self.view, None
-        if view is not None:
-            view.release()
         ring, self.ring = self.ring, None
-        if ring is not None:
-            ring.close()
-        self.holder.close()
+        try:
+            if view is not None:
+                view.release()
+            if ring is not None:
+                ring.close()
+        except BufferError:  # pragma: no cover - a slice of the ring still alive somewhere
+            pass  # unmapped when the last view goes; the socket is closed below all the same
+        finally:
+            self.holder.close()
 
     def __enter__(self) -> PacketSocket:
         return self

@@ -15,12 +15,23 @@
  * it is set, every errno is FAILED.  A destination fd < 0 (already failed)
  * counts every frame as an error.
  *
- * It parses nothing: frames are moved as opaque bytes.
+ * relay_batch() parses nothing: frames are moved as opaque bytes.
+ *
+ * ring_batch() is the same loop for a packet socket's TPACKET_V3 receive
+ * ring (greentap/core/tpacket.py and greentap/device/packet.py hold its
+ * pure-Python twin and the layout): frames are written to the destination
+ * straight out of the mapped ring, a VLAN tag the kernel moved into the
+ * frame's metadata put back with writev().  The ring is written by the
+ * kernel and every offset and length in it is checked against its block
+ * before use, exactly as the Python twin checks them; a block that does not
+ * add up is given back unread and counted.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* Why a batch ended. */
@@ -129,7 +140,205 @@ relay_batch(PyObject *self, PyObject *args)
                          link_down, errors);
 }
 
+/* --- the TPACKET_V3 ring ------------------------------------------------ */
+
+/* linux/if_packet.h: tpacket_block_desc / tpacket_hdr_v1 and tpacket3_hdr offsets. */
+enum {
+    BLOCK_HEADER_SIZE = 48, BLOCK_STATUS = 8, BLOCK_COUNT = 12, BLOCK_FIRST = 16,
+    PKT_HEADER_SIZE = 40, /* up to and with hv1 (greentap.core.tpacket.PACKET_HEADER) */
+    PKT_NEXT = 0, PKT_SNAPLEN = 12, PKT_LEN = 16, PKT_STATUS = 20, PKT_MAC = 24,
+    PKT_VLAN_TCI = 32, PKT_VLAN_TPID = 36,
+};
+#define TP_STATUS_USER 0x1u
+#define TP_STATUS_VLAN_VALID 0x10u
+#define TP_STATUS_VLAN_TPID_VALID 0x40u
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_CSUM_START 6
+#define MAC_ADDRESSES 12
+#define MAX_HEADER 16 /* vnet header sizes are 10 or 12 */
+
+static uint32_t
+u32_at(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint16_t
+u16_at(const unsigned char *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Write one frame (with its vnet header) to fd, a tag put back after the MAC
+ * addresses when tag_tci >= 0; return the bytes written or -1 (errno set). */
+static ssize_t
+write_frame(int fd, const unsigned char *frame, size_t length, size_t header, long tag_tpid,
+            long tag_tci)
+{
+    if (tag_tci < 0)
+        return write(fd, frame, length);
+    unsigned char head[MAX_HEADER + MAC_ADDRESSES];
+    unsigned char tag[4] = {(unsigned char)(tag_tpid >> 8), (unsigned char)tag_tpid,
+                            (unsigned char)(tag_tci >> 8), (unsigned char)tag_tci};
+    size_t head_len = header + MAC_ADDRESSES;
+    memcpy(head, frame, head_len);
+    if (header && (head[0] & VNET_F_NEEDS_CSUM)) {
+        /* The checksum starts 4 bytes later once the tag is back (as a TAP expects). */
+        uint16_t start = u16_at(head + VNET_CSUM_START);
+        start = (uint16_t)(start + 4);
+        memcpy(head + VNET_CSUM_START, &start, sizeof start);
+    }
+    struct iovec iov[3] = {
+        {head, head_len},
+        {tag, sizeof tag},
+        {(void *)(frame + head_len), length - head_len},
+    };
+    return writev(fd, iov, 3);
+}
+
+static PyObject *
+ring_batch(PyObject *self, PyObject *args)
+{
+    Py_buffer ring;
+    long long block_size, block_count;
+    PyObject *cursor;
+    int out_fd, budget, header;
+    if (!PyArg_ParseTuple(args, "w*LLO!iii", &ring, &block_size, &block_count, &PyList_Type,
+                          &cursor, &out_fd, &budget, &header))
+        return NULL;
+    long long state[4];
+    if (PyList_GET_SIZE(cursor) != 4 || block_size < BLOCK_HEADER_SIZE + PKT_HEADER_SIZE ||
+        block_count < 1 || block_size > ring.len / block_count || header < 0 ||
+        header > MAX_HEADER) {
+        PyBuffer_Release(&ring);
+        return PyErr_Format(PyExc_ValueError, "ring_batch: bad geometry or cursor");
+    }
+    for (int i = 0; i < 4; i++) {
+        state[i] = PyLong_AsLongLong(PyList_GET_ITEM(cursor, i));
+        if (state[i] == -1 && PyErr_Occurred()) {
+            PyBuffer_Release(&ring);
+            return NULL;
+        }
+    }
+    long long block = state[0], offset = state[1], left = state[2], taken = state[3];
+    if (block < 0 || block >= block_count || left < 0) {
+        PyBuffer_Release(&ring);
+        return PyErr_Format(PyExc_ValueError, "ring_batch: cursor out of range");
+    }
+    unsigned char *data = ring.buf;
+    long long rx = 0, rx_bytes = 0, tx = 0, tx_bytes = 0, dropped = 0, link_down = 0;
+    long long errors = 0, truncated = 0, runts = 0, corrupt = 0;
+    int end = END_BUDGET, err = 0, done = 0;
+
+    while (done < budget) {
+        long long base = block * block_size, limit = base + block_size;
+        if (taken && left) {
+            if (offset < base || offset + PKT_HEADER_SIZE > limit)
+                goto corrupt;
+            const unsigned char *h = data + offset;
+            uint32_t next = u32_at(h + PKT_NEXT), snap = u32_at(h + PKT_SNAPLEN);
+            uint32_t length = u32_at(h + PKT_LEN), status = u32_at(h + PKT_STATUS);
+            long long mac = u16_at(h + PKT_MAC), start = offset + mac - header;
+            if (mac - header < PKT_HEADER_SIZE || start + header + (long long)snap > limit)
+                goto corrupt;
+            if (left > 1 && next < PKT_HEADER_SIZE)
+                goto corrupt;
+            offset += next;
+            left--;
+            done++;
+            if (snap < length) {
+                truncated++;
+                continue;
+            }
+            long tci = -1, tpid = 0x8100;
+            uint32_t vtci = u32_at(h + PKT_VLAN_TCI);
+            if ((status & TP_STATUS_VLAN_VALID) || vtci) {
+                tci = (long)(vtci & 0xFFFF);
+                if (status & TP_STATUS_VLAN_TPID_VALID)
+                    tpid = u16_at(h + PKT_VLAN_TPID);
+                if (snap < MAC_ADDRESSES) {
+                    runts++;
+                    continue;
+                }
+            }
+            size_t n = (size_t)header + snap + (tci >= 0 ? 4 : 0);
+            rx++;
+            rx_bytes += (long long)n;
+            if (out_fd < 0) {
+                errors++;
+                continue;
+            }
+            int verdict;
+            do {
+                verdict = write_frame(out_fd, data + start, (size_t)header + snap, (size_t)header,
+                                      tpid, tci) >= 0
+                              ? -1
+                              : verdict_of(errno);
+            } while (verdict == V_RETRY);
+            if (verdict < 0) {
+                tx++;
+                tx_bytes += (long long)n;
+            } else if (verdict == V_BACKPRESSURE) {
+                dropped++;
+            } else if (verdict == V_LINK_DOWN) {
+                link_down++;
+            } else if (verdict != V_FAILED) {
+                errors++;
+            } else {
+                end = END_WRITE_ERROR;
+                err = errno;
+                break;
+            }
+            continue;
+        }
+        if (taken) {
+            goto give_back;
+        }
+        {
+            uint32_t *status = (uint32_t *)(void *)(data + base + BLOCK_STATUS);
+            if (!(__atomic_load_n(status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) {
+                end = END_WAIT;
+                break;
+            }
+            uint32_t count = u32_at(data + base + BLOCK_COUNT);
+            uint32_t first = u32_at(data + base + BLOCK_FIRST);
+            if (count && (first < BLOCK_HEADER_SIZE || first + PKT_HEADER_SIZE > block_size))
+                goto corrupt;
+            left = count;
+            offset = base + first;
+            taken = 1;
+            continue;
+        }
+    corrupt:
+        corrupt++;
+    give_back:
+        __atomic_store_n((uint32_t *)(void *)(data + base + BLOCK_STATUS), 0, __ATOMIC_RELEASE);
+        block = (block + 1) % block_count;
+        offset = left = taken = 0;
+    }
+    PyBuffer_Release(&ring);
+    long long after[4] = {block, offset, left, taken};
+    for (int i = 0; i < 4; i++) {
+        PyObject *v = PyLong_FromLongLong(after[i]);
+        if (v == NULL || PyList_SetItem(cursor, i, v) < 0)
+            return NULL;
+    }
+    return Py_BuildValue("(iiLLLLLLLLLL)", end, err, rx, rx_bytes, tx, tx_bytes, dropped,
+                         link_down, errors, truncated, runts, corrupt);
+}
+
 static PyMethodDef methods[] = {
+    {"ring_batch", ring_batch, METH_VARARGS,
+     "ring_batch(ring, block_size, block_count, cursor, out_fd, budget, header) -> (end, "
+     "errno, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors, truncated, runts, "
+     "corrupt)\n\n"
+     "Write up to `budget` frames of a TPACKET_V3 ring to out_fd, giving blocks back; "
+     "`cursor` ([block, offset, left, taken]) is updated in place. `end`: 0 budget spent, "
+     "1 no block ready, 4 write error."},
     {"relay_batch", relay_batch, METH_VARARGS,
      "relay_batch(in_fd, out_fd, buffer, budget) -> (end, errno, rx, rx_bytes, tx, "
      "tx_bytes, dropped, link_down, errors)\n\n"

@@ -149,6 +149,11 @@ class GreenFd:
             self._batch = 0
             gevent.sleep(0)
 
+    def pause(self) -> None:
+        """Yield to the hub once (a loop that spent its budget without waiting)."""
+        self._batch = 0
+        gevent.sleep(0)
+
     def wait_readable(self, timeout: float | None = None) -> bool:
         """Block this greenlet until the fd is readable, or at most ``timeout`` seconds.
 

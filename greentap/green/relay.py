@@ -29,7 +29,18 @@ from greentap.errors import EndpointClosed, FrameRejected, GreentapError, PeerGo
 if TYPE_CHECKING:
     from greentap.green.polled import PolledTap
 
-__all__ = ["LOOP", "LOOP_REASON", "Sink", "checked_fd", "relay", "send_counted", "write_again"]
+__all__ = [
+    "LOOP",
+    "LOOP_REASON",
+    "Sink",
+    "checked_fd",
+    "publish",
+    "relay",
+    "ring_batch",
+    "send_counted",
+    "write_again",
+    "write_failed",
+]
 
 
 class Sink(Protocol):
@@ -45,6 +56,8 @@ class Sink(Protocol):
 
 
 _relay_batch: Any = None
+#: The ring's batch in C (``ring_batch``), or None: packet sockets then take the Python loop.
+ring_batch: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
@@ -60,6 +73,7 @@ else:
         if _c.VERDICTS == tuple(v.name for v in Verdict):
             _c.set_verdicts(table())
             _relay_batch = _c.relay_batch
+            ring_batch = _c.ring_batch
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
 #: Which relay loop runs: ``"c"`` or ``"python"``.
@@ -112,13 +126,13 @@ def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> No
         if fd < 0:
             raise EndpointClosed(endpoint=src.name)
         end, code, *counts = batch(fd, dst_io.holder.fd, buf, budget)
-        _publish(rx_c, tx_c, *counts)
+        publish(rx_c, tx_c, *counts)
         if end == _WAIT:
             src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
         elif end == _BUDGET:
             sleep(0)  # the budget is spent: let the hub run
         elif end == _WRITE_ERROR:
-            _failed(dst, OSError(code, os.strerror(code)), on_send_error)
+            write_failed(dst, OSError(code, os.strerror(code)), on_send_error)
         elif end == _EOF:
             raise PeerGone(endpoint=src.name)
         else:
@@ -202,7 +216,8 @@ def send_counted(
     return True
 
 
-def _failed(dst: Sink, exc: OSError, on_send_error: Callable[..., Any]) -> None:
+def write_failed(dst: Sink, exc: OSError, on_send_error: Callable[..., Any]) -> None:
+    """A write to ``dst`` failed for good: count it (unless closed) and report it."""
     error = io_error(dst.name, exc, "write")
     if not isinstance(error, EndpointClosed):
         dst.counters.tx_errors += 1  # EndpointClosed is counted by on_send_error
@@ -265,7 +280,7 @@ def _relay_python(
                         errors += 1  # this frame was refused; the next may pass
                     else:
                         out = -1  # the rest of this batch counts as errors
-                        _failed(dst, exc, on_send_error)
+                        write_failed(dst, exc, on_send_error)
                     continue
                 tx += 1
                 tx_bytes += n
@@ -274,14 +289,14 @@ def _relay_python(
                 raise EndpointClosed(endpoint=src.name) from exc
             raise io_error(src.name, exc, "read") from exc
         finally:
-            _publish(rx_c, tx_c, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors)
+            publish(rx_c, tx_c, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors)
         if wait:
             src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
         else:
             sleep(0)  # the budget is spent: let the hub run
 
 
-def _publish(
+def publish(
     rx_c: Any, tx_c: Any, rx: int, rx_bytes: int, tx: int, tx_bytes: int,
     dropped: int, link_down: int, errors: int,
 ) -> None:  # fmt: skip

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import collections
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from greentap.core.counters import DeviceCounters
 from greentap.core.ratelimit import TokenBucket
+from greentap.errors import GreentapError
 from greentap.green.polled import PolledTap
 
 __all__ = ["FramePort", "Port"]
@@ -60,6 +61,26 @@ class Port:
     recoverable = False
     sink: Any = None
     notify: Any = staticmethod(_ignore)
+
+    def relay_to(
+        self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
+    ) -> bool:
+        """Forward every frame read to ``sink`` through the tight relay, until this port closes.
+
+        Args:
+            sink: the destination's :attr:`sink`.
+            on_send_error: called with the error of a write that failed for good.
+            mirrors: the mirrors' send functions.
+
+        Returns:
+            False at once when this port has no tight relay (for these
+            mirrors); otherwise it returns only by raising.
+
+        Raises:
+            EndpointClosed: this port was closed (the normal end).
+            GreentapError: this port failed.
+        """
+        return False
 
     def check(self) -> bool:
         """Look at the port's state and report changes through :attr:`notify`.
@@ -124,6 +145,13 @@ class FramePort(Port):
         self.send = polled.send  # type: ignore[method-assign]
         self.sink = polled
         self.drops: collections.Counter[str] = collections.Counter()  # rx_rate_limited
+
+    def relay_to(
+        self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
+    ) -> bool:
+        """The relay of :meth:`PolledTap.relay_to <greentap.green.polled.PolledTap.relay_to>`."""
+        self.polled.relay_to(sink, on_send_error, mirrors)
+        return True  # pragma: no cover - relay_to only ends by raising
 
     def close(self) -> None:
         """Close the device; harmless if already closed."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from greentap.core import kernel_constants as kc
@@ -41,6 +42,7 @@ from greentap.errors import (
     LinkConfigFailed,
     io_error,
 )
+from greentap.green import relay
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.green.relay import checked_fd, send_counted
 from greentap.ports.base import Port
@@ -48,6 +50,8 @@ from greentap.ports.registry import OpenOptions, register
 
 __all__ = ["PacketPort"]
 
+# How a C ring batch ended (greentap/green/_relay.c).
+_RING_WAIT, _RING_WRITE_ERROR = 1, 4
 # How often a reader whose link is down looks whether the interface is gone (seconds).
 _DOWN_POLL = 0.5
 # The vnet header of a finished frame: no checksum to fill in, no segmentation.
@@ -150,6 +154,26 @@ class PacketPort(Port):
             if n:
                 self.io.count()  # yields to the hub after a budget of frames
                 return n
+
+    def relay_to(
+        self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
+    ) -> bool:
+        """Write every frame of the ring to ``sink`` in C, straight out of the ring.
+
+        The tight relay of a ``packet:`` port with offloads (its frames go on
+        as they are, a tag put back): ``ring_batch`` of the C extension, one
+        write per frame and none per read.  Without the extension, without
+        offloads or with mirrors there is none (False): the generic loop
+        reads through :meth:`recv_into`, the same steps in Python.
+
+        Raises:
+            EndpointClosed: the port was closed (the normal end).
+            EndpointVanished: the interface was deleted or moved away.
+        """
+        if relay.ring_batch is None or not self.offload or mirrors:
+            return False
+        _relay_ring(self, sink, on_send_error)
+        return True  # pragma: no cover - it ends by raising
 
     def _copy(self, slot: tpacket.Slot, view: memoryview, buffer: Any) -> int:
         counters = self.counters
@@ -320,6 +344,35 @@ class PacketPort(Port):
             "offload": self.offload,
             "ring_bytes": self.sock.geometry.size,
         }
+
+
+def _relay_ring(port: PacketPort, sink: Any, on_send_error: Callable[..., Any]) -> None:
+    """The loop of :meth:`PacketPort.relay_to` over the C ring batch."""
+    batch = relay.ring_batch
+    sock, io, budget = port.sock, port.io, port.io.budget
+    size, count, header = sock.geometry.block_size, sock.geometry.block_count, port.header_size
+    rx_c, tx_c, drops = port.counters, sink.counters, port.drops
+    while True:
+        view = sock.view
+        if view is None or io.closed:
+            raise EndpointClosed(endpoint=port.name)
+        out = sink.io.holder.fd  # re-read after every yield: it may have failed
+        end, code, *counts = batch(view, size, count, sock.cursor, out, budget, header)
+        *moved, truncated, runts, corrupt = counts
+        relay.publish(rx_c, tx_c, *moved)
+        if truncated or runts or corrupt:
+            for reason, n in (("rx_truncated", truncated), ("rx_runt", runts),
+                              ("rx_ring_corrupt", corrupt)):  # fmt: skip
+                drops[reason] += n
+            rx_c.rx_errors += truncated + runts + corrupt
+        if end == _RING_WAIT:
+            if moved[0]:
+                port._down = False  # frames came: the link is up
+            port._wait()
+        elif end == _RING_WRITE_ERROR:
+            relay.write_failed(sink, OSError(code, os.strerror(code)), on_send_error)
+        else:
+            io.pause()
 
 
 @register("packet")

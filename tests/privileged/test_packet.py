@@ -56,11 +56,12 @@ def joined(make_netns, tmp_path, *args, query=""):
 
 
 @pytest.mark.parametrize("offload", ["auto", "off"])
-def test_ping_and_tcp_are_byte_exact_both_ways(make_netns, tmp_path, offload):
+def test_ping_and_tcp_are_byte_exact_both_ways(make_netns, tmp_path, offload, relay_loop):
     """A TAP namespace and a veth namespace joined through packet:: ping loses nothing
     and 64 MiB of TCP arrive byte for byte (SHA-256) each way; with offloads the
-    interface's super-frames pass whole, without them checksums the sender left to
-    the NIC are finished; after exit the interface is not promiscuous."""
+    interface's super-frames pass whole (through the C ring loop or its Python
+    twin), without them checksums the sender left to the NIC are finished; after
+    exit the interface is not promiscuous."""
     (a,) = hosts(make_netns, 1)
     v = VethHost(make_netns, 1)
     if offload == "off":
@@ -71,8 +72,10 @@ def test_ping_and_tcp_are_byte_exact_both_ways(make_netns, tmp_path, offload):
                     tmp_path=tmp_path)  # fmt: skip
     try:
         opened = tf.wait_for("endpoint_opened", endpoint=v.attach)
-        tf.wait_for("forwarding")
+        forwarding = tf.wait_for("forwarding")
         assert opened["offload"] is (offload == "auto")
+        # With offloads both directions take the tight relay: C (ring_batch) or Python.
+        assert forwarding["loop"] == (relay_loop if offload == "auto" else "python")
         assert v.promiscuity() == 1
         a.configure()
         v.configure()
