@@ -34,6 +34,7 @@ def relay_loop(request, monkeypatch):
         monkeypatch.setenv("GREENTAP_PURE_PYTHON", "1")
         monkeypatch.setattr(relay, "_relay_batch", None)
         monkeypatch.setattr(relay, "ring_batch", None)
+        monkeypatch.setattr(relay, "_relay_batch_to_socket", None)
         monkeypatch.setattr(relay, "LOOP", "python")
         monkeypatch.setattr(relay, "LOOP_REASON", "GREENTAP_PURE_PYTHON is set")
     elif relay._relay_batch is None:

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -78,6 +79,29 @@ set_verdicts(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* One read of a frame: its length; or 0 when the batch ends (*end and *err
+ * say why: end of file, nothing to read, an error); or -1 after EINTR. */
+static ssize_t
+read_one(int fd, char *data, size_t size, int *end, int *err)
+{
+    ssize_t n = read(fd, data, size);
+    if (n > 0)
+        return n;
+    if (n == 0) {
+        *end = END_EOF;
+        return 0;
+    }
+    if (errno == EINTR)
+        return -1;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        *end = END_WAIT;
+    } else {
+        *end = END_READ_ERROR;
+        *err = errno;
+    }
+    return 0;
+}
+
 static PyObject *
 relay_batch(PyObject *self, PyObject *args)
 {
@@ -92,24 +116,13 @@ relay_batch(PyObject *self, PyObject *args)
     size_t size = (size_t)buf.len;
 
     for (int i = 0; i < budget; i++) {
-        ssize_t n = read(in_fd, data, size);
+        ssize_t n = read_one(in_fd, data, size, &end, &err);
         if (n < 0) {
-            if (errno == EINTR) {
-                i--;
-                continue;
-            }
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                end = END_WAIT;
-            } else {
-                end = END_READ_ERROR;
-                err = errno;
-            }
-            break;
+            i--; /* EINTR */
+            continue;
         }
-        if (n == 0) {
-            end = END_EOF;
+        if (n == 0)
             break;
-        }
         rx++;
         rx_bytes += n;
         if (out_fd < 0) {
@@ -138,6 +151,115 @@ relay_batch(PyObject *self, PyObject *args)
     PyBuffer_Release(&buf);
     return Py_BuildValue("(iiLLLLLLL)", end, err, rx, rx_bytes, tx, tx_bytes, dropped,
                          link_down, errors);
+}
+
+/* --- to a socket, in batches ------------------------------------------------ */
+
+#define SEND_BATCH 64
+
+struct counts {
+    long long rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors;
+};
+
+/* Send the k frames gathered in msgs with as few sendmmsg() calls as the
+ * errors allow: a failed message is classified and skipped.  Return -1 on a
+ * FAILED verdict (*err set; that frame is the caller's to count, the frames
+ * after it count as errors), else 0. */
+static int
+flush_frames(int fd, struct mmsghdr *msgs, int k, struct counts *c, int *err)
+{
+    int at = 0;
+    while (at < k) {
+        int sent = sendmmsg(fd, msgs + at, (unsigned int)(k - at), MSG_DONTWAIT);
+        if (sent > 0) {
+            for (int j = at; j < at + sent; j++) {
+                c->tx++;
+                c->tx_bytes += (long long)msgs[j].msg_hdr.msg_iov->iov_len;
+            }
+            at += sent;
+            continue;
+        }
+        int verdict = verdict_of(errno);
+        if (verdict == V_RETRY)
+            continue;
+        if (verdict == V_BACKPRESSURE) {
+            c->dropped++;
+        } else if (verdict == V_LINK_DOWN) {
+            c->link_down++;
+        } else if (verdict != V_FAILED) {
+            c->errors++;
+        } else {
+            *err = errno;
+            c->errors += k - at - 1;
+            return -1;
+        }
+        at++; /* that frame was refused or dropped: on with the next */
+    }
+    return 0;
+}
+
+static PyObject *
+relay_batch_to_socket(PyObject *self, PyObject *args)
+{
+    int in_fd, out_fd, budget;
+    Py_ssize_t max_frame;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iiw*in", &in_fd, &out_fd, &buf, &budget, &max_frame))
+        return NULL;
+    if (max_frame < 1 || buf.len < max_frame) {
+        PyBuffer_Release(&buf);
+        return PyErr_Format(PyExc_ValueError, "the buffer must hold at least one largest frame");
+    }
+    struct counts c = {0};
+    struct mmsghdr msgs[SEND_BATCH];
+    struct iovec iovs[SEND_BATCH];
+    memset(msgs, 0, sizeof msgs);
+    int end = END_BUDGET, err = 0, k = 0;
+    char *data = buf.buf;
+    size_t size = (size_t)buf.len, used = 0;
+
+    for (int i = 0; i < budget; i++) {
+        if (k == SEND_BATCH || size - used < (size_t)max_frame) {
+            if (out_fd < 0)
+                c.errors += k;
+            else if (flush_frames(out_fd, msgs, k, &c, &err) < 0) {
+                end = END_WRITE_ERROR;
+                k = 0;
+                break;
+            }
+            k = 0;
+            used = 0;
+        }
+        /* Room for the largest frame: never truncated. */
+        ssize_t n = read_one(in_fd, data + used, size - used, &end, &err);
+        if (n < 0) {
+            i--; /* EINTR */
+            continue;
+        }
+        if (n == 0)
+            break;
+        c.rx++;
+        c.rx_bytes += n;
+        iovs[k].iov_base = data + used;
+        iovs[k].iov_len = (size_t)n;
+        msgs[k].msg_hdr.msg_iov = &iovs[k];
+        msgs[k].msg_hdr.msg_iovlen = 1;
+        used += (size_t)n;
+        k++;
+    }
+    if (k) { /* what was read goes out before the batch returns */
+        int flush_err = 0;
+        if (out_fd < 0)
+            c.errors += k;
+        else if (flush_frames(out_fd, msgs, k, &c, &flush_err) < 0) {
+            /* A write error outranks how the reads ended: report it. */
+            end = END_WRITE_ERROR;
+            err = flush_err;
+        }
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(iiLLLLLLL)", end, err, c.rx, c.rx_bytes, c.tx, c.tx_bytes, c.dropped,
+                         c.link_down, c.errors);
 }
 
 /* --- the TPACKET_V3 ring ------------------------------------------------ */
@@ -332,6 +454,10 @@ ring_batch(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"relay_batch_to_socket", relay_batch_to_socket, METH_VARARGS,
+     "relay_batch_to_socket(in_fd, out_sock, buffer, budget, max_frame) -> as relay_batch\n\n"
+     "relay_batch() for a destination socket that takes one frame per datagram (a bound "
+     "packet socket): the frames read are sent with sendmmsg(), up to 64 a call."},
     {"ring_batch", ring_batch, METH_VARARGS,
      "ring_batch(ring, block_size, block_count, cursor, out_fd, budget, header) -> (end, "
      "errno, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors, truncated, runts, "

@@ -53,9 +53,13 @@ class Sink(Protocol):
     name: str
     counters: Any
     io: Any  # a GreenFd: its holder's fd is written to
+    # A sink whose fd is a socket may also say ``batch_send = True``: the C
+    # relay then sends its frames in batches (sendmmsg).
 
 
 _relay_batch: Any = None
+_relay_batch_to_socket: Any = None
+_GATHER = 1 << 20  # bytes of frames gathered for one sendmmsg batch
 #: The ring's batch in C (``ring_batch``), or None: packet sockets then take the Python loop.
 ring_batch: Any = None
 LOOP_REASON: str | None = None
@@ -73,6 +77,7 @@ else:
         if _c.VERDICTS == tuple(v.name for v in Verdict):
             _c.set_verdicts(table())
             _relay_batch = _c.relay_batch
+            _relay_batch_to_socket = _c.relay_batch_to_socket
             ring_batch = _c.ring_batch
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
@@ -115,8 +120,16 @@ def relay(
 
 
 def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> None:
-    batch = _relay_batch
-    buf = bytearray(src.max_frame_size)
+    if getattr(dst, "batch_send", False) and _relay_batch_to_socket is not None:
+        # A socket takes a batch per system call (sendmmsg): the frames read
+        # are gathered in one buffer with room for the largest after each.
+        to_socket, size = _relay_batch_to_socket, src.max_frame_size
+        buf = bytearray(max(_GATHER, 2 * size))
+
+        def batch(fd: int, out: int, buf: bytearray, budget: int) -> Any:
+            return to_socket(fd, out, buf, budget, size)
+    else:
+        batch, buf = _relay_batch, bytearray(src.max_frame_size)
     rx_c, tx_c = src.counters, dst.counters
     src_io, dst_io = src.io, dst.io
     budget, sleep = src_io.budget, gevent.sleep

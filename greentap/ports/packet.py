@@ -114,6 +114,7 @@ class PacketPort(Port):
         # With offloads the wire's relay writes frames (vnet header first) to
         # the socket itself; without, each needs the header put in front.
         self.sink = self if offload else None
+        self.batch_send = True  # a socket: the C relay sends to it with sendmmsg
         self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
         self._min_frame = kc.ETH_HLEN + self.header_size
         self._told_super_frames = False

@@ -31,11 +31,14 @@ def frame(dst, src, tag=0, size=60):
 class Rig:
     """N ports over socketpairs; `peers[i]` plays the host behind port i."""
 
-    def __init__(self, n, **kw):
+    def __init__(self, n, batch_send=False, **kw):
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(n)]
         self.ports = [
             FramePort(Tap._adopt(a.detach(), f"p{i}").polled()) for i, (a, _) in enumerate(pairs)
         ]
+        for port in self.ports:
+            # The sockets take sendmmsg: the C relay's batch to a socket sink runs.
+            port.polled.batch_send = batch_send
         self.peers = [b for _, b in pairs]
         for p in self.peers:
             p.setblocking(False)
@@ -83,9 +86,11 @@ def rig(request):
         r.close()
 
 
-def test_two_ports_make_a_wire(rig):
-    """With two ports every frame goes to the other port, in order, byte for byte."""
-    r = rig(2)
+@pytest.mark.parametrize("batch_send", [False, True], ids=["write", "sendmmsg"])
+def test_two_ports_make_a_wire(rig, batch_send):
+    """With two ports every frame goes to the other port, in order, byte for byte
+    (written one by one, or in sendmmsg batches to a socket)."""
+    r = rig(2, batch_send=batch_send)
     assert r.fwd.mode == "wire"
     sent = [frame(B, A, tag=i, size=60 + i) for i in range(50)]
     for f in sent:
@@ -306,14 +311,17 @@ def test_port_state_changes_are_logged_with_the_port_named(rig):
     ],
     ids=["backpressure", "link_down", "refused", "unreachable"],
 )
-def test_each_write_verdict_is_counted_where_the_table_says(rig, remap, verdict, counter):
+@pytest.mark.parametrize("batch_send", [False, True], ids=["write", "sendmmsg"])
+def test_each_write_verdict_is_counted_where_the_table_says(
+    rig, remap, verdict, counter, batch_send
+):
     """Both loops count a failed write where the one verdict table says.  A full
     socket gives a real EAGAIN; the table is re-mapped so that EAGAIN means each
     verdict in turn (ENOBUFS shares BACKPRESSURE with EAGAIN, EIO is LINK_DOWN,
     EINVAL and EMSGSIZE are REFUSED): every frame is sent or counted there, exactly,
     and the destination stays in the switch."""
     remap(errno.EAGAIN, verdict)
-    r = rig(2)
+    r = rig(2, batch_send=batch_send)
     total = fill_destination(r)
     c_out = r.ports[1].counters
     assert getattr(c_out, counter) > 0, "the destination never filled: proves nothing"
@@ -323,11 +331,12 @@ def test_each_write_verdict_is_counted_where_the_table_says(rig, remap, verdict,
     assert not r.fwd.failed
 
 
-def test_a_failed_verdict_fails_the_destination(rig, remap):
+@pytest.mark.parametrize("batch_send", [False, True], ids=["write", "sendmmsg"])
+def test_a_failed_verdict_fails_the_destination(rig, remap, batch_send):
     """EAGAIN re-mapped to FAILED: the destination fails once (logged, out of the
     wire), and every later frame for it is counted in its tx_errors."""
     remap(errno.EAGAIN, Verdict.FAILED)
-    r = rig(2)
+    r = rig(2, batch_send=batch_send)
     total = fill_destination(r)
     c_out = r.ports[1].counters
     assert 1 in r.fwd.failed
@@ -378,13 +387,14 @@ print(got)
 
 
 @pytest.mark.parametrize("ports", [2, 3], ids=["wire", "switch"])
-def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap, ports):
+@pytest.mark.parametrize("batch_send", [False, True], ids=["write", "sendmmsg"])
+def test_a_retry_verdict_writes_again_until_the_frame_is_taken(rig, remap, ports, batch_send):
     """EAGAIN re-mapped to RETRY (what EINTR means): the relay (both loops) and a
     switch's send write the same frame again until the destination takes it, so a
     destination drained by another process, slowly, gets every frame, none dropped
     or counted as an error."""
     remap(errno.EAGAIN, Verdict.RETRY)
-    r = rig(ports)
+    r = rig(ports, batch_send=batch_send)
     if ports == 3:  # teach the switch that B lives on port 1: frames to B go there only
         r.peers[1].send(frame(BCAST, B))
         r.settle(lambda: r.ports[0].counters.tx_packets == 1)

@@ -184,3 +184,14 @@ def test_a_bad_cursor_or_geometry_is_refused():
         relay.ring_batch(memoryview(ring), BLOCK, BLOCKS, [BLOCKS, 0, 0, 0], -1, 1, 0)
     with pytest.raises(ValueError):
         relay.ring_batch(memoryview(ring), BLOCK, BLOCKS, [0, 0, 0], -1, 1, 0)
+
+
+def test_both_refuse_a_frame_past_the_block_end():
+    """A snaplen reaching past the block's end: neither writes the frame; both give
+    the block back and count it corrupt."""
+    b0 = block([(FRAME, {}), (FRAME, {})])
+    struct.pack_into("=I", b0, tpacket.BLOCK_HEADER_SIZE + 12, BLOCK)  # tp_snaplen
+    frames, counts, cursor = both([b0, block([(FRAME + b"z", {})]), block([], status=0)])
+    assert frames == [FRAME + b"z"]
+    assert counts["corrupt"] == 1
+    assert cursor == [2, 0, 0, 0]
