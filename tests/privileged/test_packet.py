@@ -8,6 +8,7 @@ import pytest
 
 from greentap.app import exits
 from tests.privileged.conftest import capless_python, unique
+from tests.privileged.test_observe import get, metric
 from tests.privileged.test_offload import transfer_between as transfer
 from tests.privileged.topology import Host, TapForward, hosts, wait_until
 
@@ -36,15 +37,31 @@ class VethHost(Host):
         return self.side.link(self.attach)["promiscuity"]
 
 
+def neighbours(a, v):
+    """Permanent neighbour entries both ways: no ARP, so frame counts are exact."""
+    a.knows(v)
+    v.knows(a)
+
+
+def back(v, a, tf):
+    """Create v's veth again, address it, and wait until tap-forward attached it again."""
+    v.make_veth()
+    v.configure()
+    neighbours(a, v)  # a new device, a new MAC address
+    tf.wait_for("endpoint_recovered", endpoint=v.attach)
+
+
 def ok(proc):
     return proc.returncode == 0 and " 0% packet loss" in proc.stdout
 
 
-def joined(make_netns, tmp_path, *args, query=""):
-    """A TAP host and a veth host joined by a started tap-forward, both addressed."""
+def joined(make_netns, tmp_path, *args, query="", in_side=False):
+    """A TAP host and a veth host joined by a started tap-forward (run in the veth's
+    side namespace with ``in_side``), both addressed."""
     (a,) = hosts(make_netns, 1)
     v = VethHost(make_netns, 1)
-    tf = TapForward("--stats", "0", *args, a.endpoint, v.endpoint + query, tmp_path=tmp_path)
+    tf = TapForward("--stats", "0", *args, a.endpoint, v.endpoint + query, tmp_path=tmp_path,
+                    netns=v.side.name if in_side else None)  # fmt: skip
     try:
         tf.wait_for("forwarding")
         a.configure()
@@ -197,15 +214,20 @@ def test_frames_leaving_the_interface_are_never_read_back(make_netns, tmp_path, 
     """Neither the frames tap-forward sends out of the interface nor those the host
     itself sends out of it are read back: with permanent neighbours, the packet
     port reads exactly the replies, and 7 frames the host sends out of it reach the
-    veth's far end but never the TAP."""
-    a, v, tf = joined(make_netns, tmp_path, query=f"&qdisc={qdisc}")
+    veth's far end but never the TAP; the metrics say the same."""
+    a, v, tf = joined(make_netns, tmp_path, "--metrics", "9100", query=f"&qdisc={qdisc}",
+                      in_side=True)  # fmt: skip
     try:
-        a.knows(v)
-        v.knows(a)
+        neighbours(a, v)
         assert ok(a.ping(v, count=3))
         before = v.tap_counters()["rx"]["packets"]
         v.side.exec(sys.executable, "-c", RAW_SEND, v.attach, "7", v.mac.replace(":", ""))
         wait_until(lambda: v.tap_counters()["rx"]["packets"] >= before + 7, what="7 frames at v")
+        status, body = get(v.side, tf.wait_for("metrics_listening")["url"])
+        assert status == "200"
+        for name in ("greentap_rx_packets_total", "greentap_tx_packets_total"):
+            assert metric(body, name, endpoint=v.attach, kind="packet") == 3
+        assert metric(body, "greentap_endpoint_up", endpoint=v.attach, kind="packet") == 1
         stats = tf.final_stats()
     finally:
         tf.stop()
@@ -224,11 +246,7 @@ def test_a_deleted_interface_is_attached_again_when_it_comes_back(make_netns, tm
         v.side.ip("link", "del", v.attach)
         failed = tf.wait_for("endpoint_failed", endpoint=v.attach)
         assert failed["waiting_for_it"] is True
-        v.make_veth()
-        v.configure()
-        a.knows(v)  # a new device, a new MAC address
-        v.knows(a)
-        tf.wait_for("endpoint_recovered", endpoint=v.attach)
+        back(v, a, tf)
         assert v.promiscuity() == 1
         assert ok(a.ping(v, count=3))
         assert tf.count("endpoint_failed") == 1
@@ -268,15 +286,67 @@ def test_an_interface_deleted_while_down_is_noticed(make_netns, tmp_path):
         tf.wait_for("link_down", endpoint=v.attach)
         v.side.ip("link", "del", v.attach)
         assert tf.wait_for("endpoint_failed", endpoint=v.attach)["waiting_for_it"] is True
-        v.make_veth()
-        v.configure()
-        a.knows(v)
-        v.knows(a)
-        tf.wait_for("endpoint_recovered", endpoint=v.attach)
+        back(v, a, tf)
         assert ok(a.ping(v, count=2))
         tf.final_stats()
     finally:
         tf.stop()
+
+
+def test_a_packet_interface_is_a_switch_port(make_netns, tmp_path):
+    """Two TAPs and packet: make a learning switch: every pair of hosts pings."""
+    a, b = hosts(make_netns, 2)
+    v = VethHost(make_netns, 2)
+    tf = TapForward("--stats", "0", a.endpoint, b.endpoint, v.endpoint, tmp_path=tmp_path)
+    try:
+        assert tf.wait_for("forwarding")["mode"] == "switch"
+        for host in (a, b, v):
+            host.configure()
+        for src, dst in ((a, v), (b, v), (v, a), (a, b)):
+            assert ok(src.ping(dst, count=2)), (src.ip, dst.ip)
+        stats = tf.final_stats()
+    finally:
+        tf.stop()
+    assert stats[v.attach]["rx_packets"] >= 4 and stats[v.attach]["tx_packets"] >= 4
+
+
+def test_an_interface_moved_away_and_back_is_attached_again(make_netns, tmp_path):
+    """The interface moved to another namespace: the endpoint fails (the socket's
+    namespace no longer has it), waiting for it; moved back: attached again, ping works."""
+    a, v, tf = joined(make_netns, tmp_path)
+    elsewhere = make_netns()
+    try:
+        neighbours(a, v)
+        assert ok(a.ping(v, count=2))
+        v.side.ip("link", "set", v.attach, "netns", elsewhere.name)
+        assert tf.wait_for("endpoint_failed", endpoint=v.attach)["waiting_for_it"] is True
+        elsewhere.ip("link", "set", v.attach, "netns", v.side.name)
+        v.side.ip("link", "set", v.attach, "up")  # a move resets the link state
+        tf.wait_for("endpoint_recovered", endpoint=v.attach)
+        assert ok(a.ping(v, count=3))
+        tf.final_stats()
+    finally:
+        tf.stop()
+
+
+def test_as_nobody_a_deleted_interface_is_attached_again(make_netns, tmp_path):
+    """--user nobody: opened as root, then forwarding without CAP_NET_RAW; the
+    interface deleted and created again is bound again all the same (binding the
+    socket it holds needs no privilege) and ping works."""
+    a, v, tf = joined(make_netns, tmp_path, "--user", "nobody", "--group", "nogroup")
+    try:
+        tf.wait_for("privileges_dropped")
+        neighbours(a, v)
+        assert ok(a.ping(v, count=2))
+        v.side.ip("link", "del", v.attach)
+        tf.wait_for("endpoint_failed", endpoint=v.attach)
+        back(v, a, tf)
+        assert ok(a.ping(v, count=3))
+        assert tf.count("endpoint_reattach_failed") == 0
+        tf.final_stats()
+    finally:
+        tf.stop()
+    assert v.promiscuity() == 0
 
 
 def test_bad_packet_endpoints_exit_with_one_line(make_netns, tmp_path):
