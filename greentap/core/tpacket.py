@@ -26,6 +26,7 @@ import struct
 
 from greentap.core import kernel_constants as kc
 from greentap.core.checksum import finish_checksum
+from greentap.core.segment import segment
 
 __all__ = [
     "BLOCK_HEADER",
@@ -34,12 +35,11 @@ __all__ = [
     "RingCorrupt",
     "RingGeometry",
     "Slot",
-    "SuperFrame",
     "block_ready",
     "frame_at",
     "frame_with_tag",
     "open_block",
-    "plain_frame",
+    "plain_frames",
     "read_block",
 ]
 
@@ -62,10 +62,6 @@ _CSUM_START = 6  # offset of csum_start in the vnet header
 
 class RingCorrupt(ValueError):
     """A ring block's offsets or lengths do not fit in the block: refused whole."""
-
-
-class SuperFrame(ValueError):
-    """A segmentation-offload super-frame, which a port without offloads cannot pass on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +168,8 @@ def frame_at(ring: object, offset: int, end: int, header: int, last: bool) -> tu
         raise RingCorrupt("a frame points back into itself")
     tag = None
     if status & kc.TP_STATUS_VLAN_VALID or tci:
-        tag = (tpid if status & kc.TP_STATUS_VLAN_TPID_VALID else kc.ETH_P_8021Q, tci)
+        # tp_vlan_tci is 32 bits wide; a TCI is the low 16 (as the C loop reads it).
+        tag = (tpid if status & kc.TP_STATUS_VLAN_TPID_VALID else kc.ETH_P_8021Q, tci & 0xFFFF)
     return Slot(start, header + snap, snap < length, tag), offset + nxt
 
 
@@ -219,24 +216,27 @@ def frame_with_tag(
     return bytes(head) + _TAG.pack(*tag) + bytes(frame[macs:])
 
 
-def plain_frame(frame: bytes | bytearray | memoryview, tag: tuple[int, int] | None) -> bytearray:
+def plain_frames(
+    frame: bytes | bytearray | memoryview, tag: tuple[int, int] | None
+) -> list[bytearray]:
     """The frame without its vnet header, finished as a NIC would have: the tag put
-    back, a checksum left to the NIC filled in.
+    back, a checksum left to the NIC filled in, a super-frame cut into segments.
 
     For a port whose frames carry no vnet header (offloads off): the packet
-    socket always reads one, so that a checksum left unfinished by a sender
-    on this host (``NEEDS_CSUM``) can be finished instead of passed on wrong.
+    socket always reads one, so that what a sender on this host left to the
+    NIC (``NEEDS_CSUM``, GSO) is done here instead of passed on unfinished.
 
     Args:
         frame: a vnet header, then the frame.
         tag: a VLAN tag to put back, as :func:`frame_with_tag`, or None.
 
     Returns:
-        The Ethernet frame.
+        The Ethernet frame, or the segments of a super-frame
+        (:func:`greentap.core.segment.segment`).
 
     Raises:
-        SuperFrame: the frame is a super-frame (GSO): it needs segmenting.
-        ValueError: a runt, or checksum offsets outside the frame.
+        ValueError: a runt, checksum offsets outside the frame, or a
+            super-frame that cannot be cut (:class:`~greentap.core.segment.SegmentError`).
     """
     size = kc.VIRTIO_NET_HDR_SIZE
     if len(frame) < size + kc.ETH_HLEN:
@@ -245,8 +245,8 @@ def plain_frame(frame: bytes | bytearray | memoryview, tag: tuple[int, int] | No
         frame = frame_with_tag(frame, size, tag)
     flags, gso_type, _, _, csum_start, csum_offset = _VNET.unpack_from(frame)
     if gso_type != kc.VIRTIO_NET_HDR_GSO_NONE:
-        raise SuperFrame(f"a super-frame of {len(frame) - size} bytes (gso type {gso_type})")
+        return segment(frame)
     out = bytearray(memoryview(frame)[size:])
     if flags & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
         finish_checksum(out, csum_start, csum_offset)
-    return out
+    return [out]

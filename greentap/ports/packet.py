@@ -2,13 +2,17 @@
 
 The port reads the frames arriving on the interface from a ``TPACKET_V3``
 ring (:class:`~greentap.device.packet.PacketSocket`): one wake-up for a
-block of frames, each copied once out of the ring into the reader's
-buffer.  A lone frame waits for the block's retire timer (1 ms), the price
-of the ring; under load blocks fill long before it fires.  VLAN tags the
-kernel took out of received frames are put back
-(:func:`~greentap.core.tpacket.frame_with_tag`); frames are sent as they are,
-tags included, one ``write`` each.  Frames this host sends out of the
-interface are not read back.
+block of frames.  With offloads the wire's relay writes each frame straight
+out of the ring in C (:meth:`PacketPort.relay_to`); otherwise
+:meth:`PacketPort.recv_into` copies it out once.  A lone frame waits for the
+block's retire timer (1 ms), the price of the ring; under load blocks fill
+long before it fires.  VLAN tags the kernel took out of received frames are
+put back (:func:`~greentap.core.tpacket.frame_with_tag`).  Without offloads
+what a sender on this host left to the NIC is done here: checksums finished,
+super-frames cut into segments (:func:`~greentap.core.tpacket.plain_frames`).
+Frames are sent as they are, tags included: one ``write`` each, or
+``sendmmsg`` batches from the C relay.  Frames sent out of the interface are
+not read back.
 
 Faults are handled as for TAPs: the link going down and up is reported once
 each (frames sent meanwhile count as ``tx_link_down``); an interface deleted
@@ -29,6 +33,7 @@ from greentap.core import kernel_constants as kc
 from greentap.core import tpacket
 from greentap.core.counters import DeviceCounters
 from greentap.core.endpoints import EndpointSpec
+from greentap.core.segment import SegmentError
 from greentap.core.tpacket import RingGeometry
 from greentap.core.verdicts import Verdict, drop_reason, write_verdict
 from greentap.device.link import Link
@@ -97,7 +102,7 @@ class PacketPort(Port):
         self.name = name
         self.netns = netns
         # A vnet header always: without offloads it tells which checksums a
-        # sender on this host left unfinished (see tpacket.plain_frame).
+        # sender on this host left unfinished (see tpacket.plain_frames).
         self.sock = PacketSocket(
             name, netns=netns, vnet_hdr=True, geometry=geometry, qdisc_bypass=qdisc_bypass
         )
@@ -117,7 +122,7 @@ class PacketPort(Port):
         self.batch_send = True  # a socket: the C relay sends to it with sendmmsg
         self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
         self._min_frame = kc.ETH_HLEN + self.header_size
-        self._told_super_frames = False
+        self._pending: collections.deque[bytearray] = collections.deque()  # segments to read
         self._down = False  # the reader saw the link go down and has read no frame since
         self._closed = False
         self._refused: str | None = None
@@ -141,6 +146,10 @@ class PacketPort(Port):
         if len(buffer) < self.max_frame_size:
             raise ValueError(f"recv_into needs a buffer of at least {self.max_frame_size} bytes")
         sock, counters = self.sock, self.counters
+        if self._pending:
+            n = self._deliver(self._pending.popleft(), buffer)
+            self.io.count()
+            return n
         while True:
             slot = sock.next_slot()
             if slot is None:
@@ -202,25 +211,18 @@ class PacketPort(Port):
 
     def _copy_plain(self, frame: memoryview, tag: Any, buffer: Any) -> int:
         try:
-            plain = tpacket.plain_frame(frame, tag)
-        except tpacket.SuperFrame as exc:
-            self.drops["rx_super_frame"] += 1
-            self.counters.rx_errors += 1
-            if not self._told_super_frames:
-                self._told_super_frames = True
-                self.notify(
-                    "super_frames_dropped", error=str(exc),
-                    hint="the interface hands over GRO/TSO super-frames and offloads are off "
-                    f"(an endpoint cannot carry them): turn GRO off on {self.name} "
-                    "(ethtool -K IFNAME gro off) and TSO off on the sending peer",
-                )  # fmt: skip
-            return 0
-        except ValueError:
-            self.drops["rx_bad_vnet_header"] += 1
+            plain = tpacket.plain_frames(frame, tag)
+        except ValueError as exc:
+            reason = "rx_bad_super_frame" if isinstance(exc, SegmentError) else "rx_bad_vnet_header"
+            self.drops[reason] += 1
             self.counters.rx_errors += 1
             return 0
-        n = len(plain)
-        buffer[:n] = plain
+        self._pending.extend(plain[1:])  # a super-frame's other segments: read next
+        return self._deliver(plain[0], buffer)
+
+    def _deliver(self, frame: bytearray, buffer: Any) -> int:
+        n = len(frame)
+        buffer[:n] = frame
         self.counters.rx_packets += 1
         self.counters.rx_bytes += n
         return n

@@ -153,30 +153,32 @@ def udp_frame(payload, *, partial):
 
 @given(st.binary(max_size=1400))
 def test_a_checksum_left_to_the_nic_is_finished(payload):
-    """plain_frame finishes a NEEDS_CSUM frame: the result equals the frame with its
+    """plain_frames finishes a NEEDS_CSUM frame: the result equals the frame with its
     checksum computed whole, and the UDP checksum verifies."""
     partial = udp_frame(payload, partial=True)
-    out = tpacket.plain_frame(vnet(1, 0, 34, 6) + partial, None)
+    (out,) = tpacket.plain_frames(vnet(1, 0, 34, 6) + partial, None)
     assert bytes(out) == udp_frame(payload, partial=False)
 
 
 def test_a_tagged_frame_is_finished_past_its_tag():
     """A tag put back and a checksum finished: the checksum covers the right bytes."""
     partial = udp_frame(b"x" * 33, partial=True)
-    out = tpacket.plain_frame(vnet(1, 0, 34, 6) + partial, (0x8100, 9))
+    (out,) = tpacket.plain_frames(vnet(1, 0, 34, 6) + partial, (0x8100, 9))
     whole = udp_frame(b"x" * 33, partial=False)
     assert bytes(out) == whole[:12] + b"\x81\x00\x00\x09" + whole[12:]
 
 
-def test_super_frames_runts_and_bad_offsets_are_refused():
-    """A GSO super-frame raises SuperFrame; a runt and checksum offsets outside the
-    frame raise ValueError: nothing is passed on half-finished."""
-    with pytest.raises(tpacket.SuperFrame):
-        tpacket.plain_frame(vnet(1, 1, 34, 16) + FRAME, None)
+def test_bad_super_frames_runts_and_bad_offsets_are_refused():
+    """A super-frame whose headers do not add up (here: no IP header at all), a runt
+    and checksum offsets outside the frame raise ValueError: nothing is passed on
+    half-finished."""
+    with pytest.raises(ValueError, match="not IP"):
+        gso = struct.pack("=BBHHHH", 1, 1, 0, 1400, 34, 16)  # TCPv4, gso_size 1400
+        tpacket.plain_frames(gso + FRAME[:12] + b"\x88\xb5" + FRAME[14:], None)
     with pytest.raises(ValueError, match="runt"):
-        tpacket.plain_frame(vnet() + FRAME[:13], None)
+        tpacket.plain_frames(vnet() + FRAME[:13], None)
     with pytest.raises(ValueError, match="outside"):
-        tpacket.plain_frame(vnet(1, 0, 60, 16) + FRAME, None)
+        tpacket.plain_frames(vnet(1, 0, 60, 16) + FRAME, None)
 
 
 def rfc1071(data):
