@@ -19,7 +19,14 @@ import structlog
 from greentap._version import __version__
 from greentap.app import startup
 from greentap.app.demo import run_demo
-from greentap.app.exits import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, STATUSES, exit_status
+from greentap.app.exits import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    STATUSES,
+    exit_status,
+    one_line,
+)
 from greentap.app.logs import PROG, configure_logging
 from greentap.core.endpoints import SYNTAX, parse_hostport
 from greentap.core.numbers import parse_decimal, parse_int
@@ -85,7 +92,7 @@ exit status:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block.
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {one_line(message)} (see --help)\n")
 
 
 class _Version(argparse.Action):
@@ -225,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fail(message: str, status: int) -> int:
     """Print one error line on stderr and return ``status``."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
     return status
 
 

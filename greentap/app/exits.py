@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_USAGE",
     "STATUSES",
     "exit_status",
+    "one_line",
 ]
 
 EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or --demo succeeded
@@ -47,3 +48,12 @@ def exit_status(exc: BaseException) -> int:
     if isinstance(exc, SetTapAttributes):
         return EXIT_BUSY
     return EXIT_SYSTEM
+
+
+def one_line(message: str) -> str:
+    """``message`` with every character that is not printable escaped (``\\x85``).
+
+    An error line echoes what the user typed, which can hold line breaks
+    (``\\n``, NEL, U+2028): escaped, the error stays one line.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)

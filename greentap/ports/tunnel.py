@@ -13,7 +13,12 @@ socket does not fail for a send error: only closing ends it.
 A remote that becomes unreachable (no route, the underlay down) is reported
 once through the port's ``notify`` (``peer_unreachable``), and once again
 when a send to it succeeds (``peer_reachable``); sends go on being tried, so
-the tunnel heals by itself.
+the tunnel heals by itself.  A remote that is reachable but does not listen
+(a stopped VM: its host answers with ICMP port unreachable) is noticed the
+same way: the sockets set ``IP_RECVERR``, so the kernel queues each ICMP
+error with the address it was about; each counts as ``tx_unreachable`` and
+the remote is reported once, and reachable again once a datagram comes from
+it (a send that succeeds proves nothing there).
 
 Only datagrams from configured remotes are accepted: for VXLAN any source
 port of a remote's address (the Linux kernel picks VXLAN source ports from a
@@ -26,7 +31,9 @@ from __future__ import annotations
 import _socket  # never monkey-patched: greentap does its own waiting
 import collections
 import errno
+import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +58,9 @@ MAX_DATAGRAM = 65507
 _IP_PMTUDISC_DO = 2  # linux/in.h
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)  # linux/in6.h
+_RECVERR = {(socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)}
 _recvmsg_into = _socket.socket.recvmsg_into
 
 Address = tuple[str, int]
@@ -123,6 +133,7 @@ class DatagramPort(Port):
         self._io = GreenFd(FdHolder(sock, name=name), hub=hub, budget=budget)
         self._hub = self._io.hub
         self._unreachable: dict[Address, str] = {}  # remote -> why, while sends to it fail
+        self._refused: set[Address] = set()  # of those, the ones an ICMP error named
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
@@ -141,15 +152,47 @@ class DatagramPort(Port):
             except OSError as exc:
                 if exc.errno in (errno.EBADF, errno.ENOTSOCK):
                     raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                # ICMP errors from earlier sends surface here (one per error):
-                # not the port's death.  Counted against the budget all the same.
-                self.drops[f"rx_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                # ICMP errors from earlier sends surface here: not the port's
+                # death.  Their details wait in the error queue, which must be
+                # emptied (it keeps the socket readable).  Counted against the
+                # budget all the same.
+                self._read_error_queue()
                 io.count()
                 continue
             if flags & socket.MSG_TRUNC:
                 self._drop("rx_truncated")
                 continue
             return nbytes, sender
+
+    def _read_error_queue(self) -> None:
+        """Take every ICMP error the kernel queued; report the remotes they name."""
+        sock = self._io.holder.handle
+        while isinstance(sock, _socket.socket):
+            try:
+                _, ancillary, _, about = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: empty
+                return
+            code = 0
+            for level, kind, data in ancillary:
+                if (level, kind) in _RECVERR and len(data) >= 4:
+                    code = int.from_bytes(data[:4], sys.byteorder)  # sock_extended_err.ee_errno
+            self.drops["tx_unreachable"] += 1
+            if about and code:
+                self._unreachable_now(tuple(about[:2]), os.strerror(code), refused=True)
+
+    def _unreachable_now(self, addr: Address, why: str, *, refused: bool = False) -> None:
+        if refused:
+            self._refused.add(addr)
+        if addr not in self._unreachable:
+            self._unreachable[addr] = why
+            self.notify("peer_unreachable", remote=_format_addr(addr), error=why)
+
+    def _heard(self, addr: Address) -> None:
+        """A datagram came from ``addr``: a remote reported unreachable is back."""
+        if addr in self._unreachable:
+            del self._unreachable[addr]
+            self._refused.discard(addr)
+            self.notify("peer_reachable", level="info", remote=_format_addr(addr))
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -175,16 +218,15 @@ class DatagramPort(Port):
                 self.counters.tx_dropped += 1
                 return False
             self.counters.tx_errors += 1
-            down = verdict is Verdict.LINK_DOWN  # ENETDOWN: the way to the remote is down
-            if (verdict is Verdict.UNREACHABLE or down) and addr not in self._unreachable:
-                self._unreachable[addr] = exc.strerror or str(exc)
-                self.notify("peer_unreachable", remote=_format_addr(addr), error=exc.strerror)
+            if exc.errno == errno.ECONNREFUSED:  # an ICMP error this send picked up
+                self._read_error_queue()
+            elif verdict in (Verdict.UNREACHABLE, Verdict.LINK_DOWN):  # no route, way down
+                self._unreachable_now(addr, exc.strerror or str(exc))
             return False
         self.counters.tx_packets += 1
         self.counters.tx_bytes += size
-        if self._unreachable and addr in self._unreachable:
-            del self._unreachable[addr]
-            self.notify("peer_reachable", level="info", remote=_format_addr(addr))
+        if self._unreachable and addr in self._unreachable and addr not in self._refused:
+            self._heard(addr)  # the route is back (a refusal is lifted by a datagram only)
         return True
 
     def close(self) -> None:
@@ -197,8 +239,10 @@ def _bind(name: str, family: int, laddr: Address) -> _socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IP_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
             if opt is None:
                 continue
@@ -238,6 +282,8 @@ class UdpPort(DatagramPort):
             if sender[:2] != self._peer:
                 self._drop("rx_unknown_sender")
                 continue
+            if self._unreachable:
+                self._heard(self._peer)
             if n < ETH_HLEN:
                 self._drop("rx_runt")
                 continue
@@ -304,6 +350,8 @@ class VxlanPort(DatagramPort):
             if remote is None:
                 self._drop("rx_unknown_sender")
                 continue
+            if self._unreachable:
+                self._heard(self.remotes[remote])
             if n < size + ETH_HLEN:
                 self._drop(f"rx_{vxlan.SHORT}")
                 continue

@@ -45,6 +45,8 @@ BAD = [
     (["udp://127.0.0.1:\u00b2", "tap1"], USAGE, "port '\u00b2'"),
     (["fd:\u00b2", "tap1"], USAGE, "expected fd:N"),
     (["packet:eth0?qdisc=maybe", "tap1"], USAGE, "qdisc 'maybe': expected bypass or use"),
+    (["--x\x85y", "a", "b"], USAGE, "--x\\x85y"),  # a line break echoed back is escaped
+    (["--x\u2028y", "a", "b"], USAGE, "--x\\u2028y"),
     (["packet:eth0/x", "tap1"], USAGE, "eth0/x: name contains '/'"),
     (["--offload", "on", "packet:eth0", "udp://127.0.0.1:9"], USAGE, "--offload on needs"),
     (["pcap:/tmp/x.pcap?snaplen=\u00b2", "a", "b"], USAGE, "snaplen '\u00b2'"),

@@ -268,3 +268,41 @@ def test_a_datagram_larger_than_any_frame_is_truncated_and_counted(closing):
     r.sendto(frame(BCAST, B), port.local)
     assert recv_frame(port) == frame(BCAST, B)
     assert port.drops == {"rx_truncated": 1} and port.counters.rx_errors == 1
+
+
+def free_udp_port(host):
+    """A UDP port on ``host`` that nothing listens on (bound, noted, closed)."""
+    s = peer(host)
+    port = s.getsockname()[:2]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_peer_that_does_not_listen_is_noticed(host, closing):
+    """udp:// to a port nothing listens on (a stopped VM): the ICMP port unreachable
+    its host answers with is read from the error queue: peer_unreachable once,
+    tx_unreachable counted, the socket not left readable (the reader sleeps); once the
+    peer sends, peer_reachable once."""
+    gone = free_udp_port(host)
+    port = UdpPort("udp", gone, (host, 0))
+    closing(port)
+    events = []
+    port.notify = lambda event, level="warning", **fields: events.append((event, fields))
+    reader = gevent.spawn(recv_frame, port, 30)
+    for i in range(5):
+        port.send(frame(BCAST, A, i))
+        gevent.sleep(0.01)  # the ICMP error arrives; the reader takes it
+    assert [e for e, _ in events] == ["peer_unreachable"]
+    assert events[0][1]["remote"] == (f"[{host}]" if ":" in host else host) + f":{gone[1]}"
+    assert port.drops["tx_unreachable"] >= 1
+    cpu = os.times()
+    gevent.sleep(0.3)  # a readable socket would have the reader spin all this time
+    spent = sum(os.times()[:2]) - sum(cpu[:2])
+    assert spent < 0.15, f"the reader spun for {spent:.2f} s of CPU in 0.3 s"
+    vm = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    closing(vm)
+    vm.bind(gone)  # the VM is back
+    vm.sendto(frame(A, B, 9), port.local)
+    assert reader.get(timeout=5) == frame(A, B, 9)
+    assert [e for e, _ in events] == ["peer_unreachable", "peer_reachable"]
