@@ -50,7 +50,6 @@ from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError, 
 __all__ = ["PacketSocket"]
 
 _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
-_INT = struct.Struct("i")
 _ARPHRD_NAMES = {
     772: "a loopback interface",  # ARPHRD_LOOPBACK
     kc.ARPHRD_NONE: "an interface without Ethernet headers",
@@ -228,16 +227,6 @@ class PacketSocket:
         if not isinstance(sock, _socket.socket):
             return 0
         return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-
-    def statistics(self) -> tuple[int, int]:
-        """The kernel's ``(packets, drops)`` since the last call (``PACKET_STATISTICS``)."""
-        sock = self.holder.handle
-        if not isinstance(sock, _socket.socket):
-            return 0, 0
-        # struct tpacket_stats_v3: tp_packets, tp_drops, tp_freeze_q_cnt.
-        raw = sock.getsockopt(kc.SOL_PACKET, kc.PACKET_STATISTICS, 12)
-        packets, drops, _ = struct.unpack("=III", raw)
-        return packets, drops
 
     # --- the ring -------------------------------------------------------------
     def next_slot(self) -> Slot | None:

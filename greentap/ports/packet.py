@@ -288,8 +288,7 @@ class PacketPort(Port):
             self._watch_link()
             return False
         if not self.link.exists():
-            if self.link_state != "gone":
-                self.link_state = "gone"
+            self.link_state = "gone"
             return False
         try:
             self.sock.rebind()
