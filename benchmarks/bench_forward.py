@@ -21,7 +21,8 @@ Builds two throw-away network namespaces A and B (addresses from
   B's (``-rx``: the generator in B, frames read from the ring; ``-python``:
   the pure-Python loop);
 * ``kvxlan+tf``: the kernel's vxlan in A, tap-forward bridging it to a TAP in B;
-* ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN;
+* ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN
+  (``-off``: with ``--offload off``, every segment a trip through Python);
 * with ``--baseline DIR`` (another checkout of greentap, its C loop built in
   place, e.g. ``git worktree add /tmp/base <commit>`` then ``python setup.py
   build_ext --inplace`` there): ``base-tap-forward`` and ``base-tf-python``,
@@ -211,14 +212,14 @@ def case_kernel_vxlan_tap_forward(topo):
     return a, "vxa", b, db, 1450
 
 
-def case_tap_forward_vxlan(topo):
+def case_tap_forward_vxlan(topo, *args):
     """TAP in A <-> tap-forward in S1 <-> VXLAN <-> tap-forward in S2 <-> TAP in B."""
     a, s1, s2, b = topo.ns("a"), topo.ns("s1"), topo.ns("s2"), topo.ns("b")
     underlay(topo, s1, s2, "198.18.7.1", "198.18.7.2")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(s1, f"tap:{da}?netns={a}",
+    topo.tap_forward(s1, *args, f"tap:{da}?netns={a}",
                      "vxlan://198.18.7.2?vni=42&local=198.18.7.1:4789", mtu=1450)  # fmt: skip
-    topo.tap_forward(s2, f"tap:{db}?netns={b}",
+    topo.tap_forward(s2, *args, f"tap:{db}?netns={b}",
                      "vxlan://198.18.7.1?vni=42&local=198.18.7.2:4789", mtu=1450)  # fmt: skip
     wait_for_link(a, da)
     wait_for_link(b, db)
@@ -262,6 +263,7 @@ CASES = {
     "kernel-vxlan": (case_kernel_vxlan, ONE_FLOW),
     "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
     "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
+    "tf+vxlan+tf-off": (lambda t: case_tap_forward_vxlan(t, "--offload", "off"), ONE_FLOW),
     # With --baseline DIR: the same as tap-forward and tf-python, from that checkout.
     "base-tap-forward": (lambda t: case_tap_forward(t, repo=BASELINE[0]), ONE_FLOW),
     "base-tf-python": (lambda t: case_tap_forward(t, env=PURE, repo=BASELINE[0]), ONE_FLOW),
@@ -282,6 +284,8 @@ RATIOS = [
     ("tf-packet-rx-python", "tf-python"),
     ("kvxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf", "kernel-vxlan"),
+    ("tf+vxlan+tf-off", "kernel-vxlan"),
+    ("tf+vxlan+tf", "tf+vxlan+tf-off"),
     ("tap-forward", "base-tap-forward"),
     ("tf-python", "base-tf-python"),
 ]
@@ -296,6 +300,11 @@ FLOORS = [
     ("tf-packet", "tap-forward", "small_pps", "min", 0.9),
     ("tf-packet", "tap-forward", "tcp_gbps", "min", 0.7),
     ("tf-packet-rx", "tap-forward", "small_pps", "min", 0.9),
+    ("tf+vxlan+tf", "kernel-vxlan", "tcp_gbps", "min", 0.5),
+    ("kvxlan+tf", "kernel-vxlan", "tcp_gbps", "min", 0.5),
+    ("tf+vxlan+tf", "kernel-vxlan", "small_pps", "min", 0.8),
+    ("kvxlan+tf", "kernel-vxlan", "small_pps", "min", 0.9),
+    ("tf+vxlan+tf", "kernel-vxlan", "ping_rtt_ms", "max", 2.0),
 ]
 RSS_LIMIT_MB = 60.0
 RSS_GROWTH_LIMIT = 0.05

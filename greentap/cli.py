@@ -170,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--offload",
         choices=("auto", "on", "off"),
         default="auto",
-        help="pass checksum/segmentation offloads (virtio-net headers, 64 KiB frames) "
-        "between TAPs: auto (the default) = on when every forwarding endpoint is a TAP, "
-        "off otherwise (tunnels carry finished frames); about 8x the TCP throughput",
+        help="pass checksum/segmentation offloads (virtio-net headers, 64 KiB frames): "
+        "auto (the default) = on with a TAP or packet: endpoint, unless an fd: endpoint "
+        "(plain frames) is among them; tunnels cut super-frames with UDP GSO and merge "
+        "what they receive; about 8x the TCP throughput",
     )
     p.add_argument(
         "--metrics",

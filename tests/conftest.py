@@ -58,3 +58,12 @@ def seqpacket():
     yield polled, peer
     polled.close()
     peer.close()
+
+
+@pytest.fixture
+def closing():
+    """``closing(thing)``: ``thing.close()`` after the test, whatever happens."""
+    things = []
+    yield things.append
+    for t in things:
+        t.close()

@@ -77,16 +77,20 @@ def describe_relay_loop() -> str:
     return "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
 
 
-# Endpoint kinds whose frames carry a virtio-net header, so super-frames pass whole.
-_SUPER_FRAME_CARRIERS = frozenset({"tap", "packet"})
+# Endpoint kinds whose frames carry a virtio-net header, so super-frames pass
+# whole: natively (TAPs, packet:) or cut and merged in software (tunnels).
+_SUPER_FRAME_CARRIERS = frozenset({"tap", "packet", "vxlan", "udp"})
+# Of those, the ones whose peer takes super-frames: offloads pay only with one.
+_NATIVE_CARRIERS = frozenset({"tap", "packet"})
 
 
 def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
-    """Decide whether TAPs (and ``packet:`` interfaces) are opened with offloads.
+    """Decide whether endpoints are opened with offloads (frames behind a vnet header).
 
-    ``auto`` turns them on when every endpoint that carries traffic is a TAP
-    or a ``packet:`` interface (tunnels and ``fd:`` endpoints carry finished
-    frames); ``on`` insists.
+    ``auto`` turns them on when there is a TAP or a ``packet:`` interface and
+    every endpoint that carries traffic can carry super-frames: TAPs and
+    ``packet:`` natively, tunnels by cutting and merging in software; an
+    ``fd:`` endpoint carries plain frames.  ``on`` insists.
 
     Raises:
         UsageError: ``on`` with an endpoint that cannot carry super-frames.
@@ -95,10 +99,10 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
     whole = carriers <= _SUPER_FRAME_CARRIERS
     if offload == "on" and not whole:
         raise UsageError(
-            "--offload on needs every forwarding endpoint to be a TAP or a packet: "
-            "interface (fd:, VXLAN and UDP endpoints carry plain frames)"
+            "--offload on needs every forwarding endpoint to be a TAP, a packet: interface "
+            "or a tunnel (fd: endpoints carry plain frames)"
         )
-    return offload == "on" or (offload == "auto" and whole and bool(carriers))
+    return offload == "on" or (offload == "auto" and whole and bool(carriers & _NATIVE_CARRIERS))
 
 
 @dataclasses.dataclass(frozen=True)

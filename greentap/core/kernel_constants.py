@@ -111,6 +111,13 @@ VIRTIO_NET_HDR_GSO_NONE = 0
 # and VLAN headers, or a 64 KiB GSO super-frame when offloads are on.
 MAX_L2_FRAME = max(ETH_MAX_MTU, 65536) + ETH_HLEN + VLAN_HLEN
 
+# --- linux/udp.h (Python 3.11's socket module lacks these names) ------------
+SOL_UDP = 17  # IPPROTO_UDP
+UDP_SEGMENT = 103  # setsockopt/cmsg: send one buffer as datagrams of this size
+UDP_GRO = 104  # setsockopt: receive coalesced datagrams; cmsg: their size
+# The kernel takes up to 64 segments per UDP_SEGMENT send (128 on newer ones).
+UDP_MAX_SEGMENTS = 64
+
 # --- linux/sched.h -------------------------------------------------------
 CLONE_NEWNET = 0x40000000
 

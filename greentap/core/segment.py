@@ -26,9 +26,9 @@ from __future__ import annotations
 import struct
 
 from greentap.core import kernel_constants as kc
-from greentap.core.checksum import ones_complement_sum
+from greentap.core.checksum import finish_checksum, ones_complement_sum
 
-__all__ = ["GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "SegmentError", "segment"]
+__all__ = ["GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "SegmentError", "finished", "segment"]
 
 # linux/virtio_net.h: gso_type values.
 GSO_TCPV4 = 1
@@ -156,3 +156,31 @@ def segment(frame: bytes | bytearray | memoryview) -> list[bytearray]:
         struct.pack_into("!H", seg, at, l4_sum or (0xFFFF if not tcp else 0))
         out.append(seg)
     return out
+
+
+def finished(frame: bytes | bytearray | memoryview) -> list[bytearray]:
+    """The frames a NIC would send for ``frame`` (a vnet header first), without the header.
+
+    A checksum left to the NIC (``NEEDS_CSUM``) is filled in; a super-frame is
+    cut into segments (:func:`segment`); anything else comes back as it is.
+
+    Args:
+        frame: a 10-byte virtio-net header, then the Ethernet frame.
+
+    Returns:
+        The Ethernet frame, or the segments of a super-frame.
+
+    Raises:
+        ValueError: a runt, checksum offsets outside the frame, or a
+            super-frame that cannot be cut (:class:`SegmentError`).
+    """
+    size = kc.VIRTIO_NET_HDR_SIZE
+    if len(frame) < size + kc.ETH_HLEN:
+        raise ValueError(f"a frame of {len(frame)} bytes with its vnet header is a runt")
+    flags, gso_type, _, _, csum_start, csum_offset = _VNET.unpack_from(frame)
+    if gso_type != kc.VIRTIO_NET_HDR_GSO_NONE:
+        return segment(frame)
+    out = bytearray(memoryview(frame)[size:])
+    if flags & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        finish_checksum(out, csum_start, csum_offset)
+    return [out]

@@ -25,8 +25,7 @@ import dataclasses
 import struct
 
 from greentap.core import kernel_constants as kc
-from greentap.core.checksum import finish_checksum
-from greentap.core.segment import segment
+from greentap.core.segment import finished
 
 __all__ = [
     "BLOCK_HEADER",
@@ -243,10 +242,4 @@ def plain_frames(
         raise ValueError(f"a frame of {len(frame)} bytes with its vnet header is a runt")
     if tag is not None:
         frame = frame_with_tag(frame, size, tag)
-    flags, gso_type, _, _, csum_start, csum_offset = _VNET.unpack_from(frame)
-    if gso_type != kc.VIRTIO_NET_HDR_GSO_NONE:
-        return segment(frame)
-    out = bytearray(memoryview(frame)[size:])
-    if flags & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        finish_checksum(out, csum_start, csum_offset)
-    return [out]
+    return finished(frame)

@@ -104,16 +104,18 @@ def test_tcp_through_the_forwarder_is_byte_exact(make_netns, tmp_path, mode, ext
         assert average < 1515
 
 
-def test_offload_is_off_with_a_tunnel_and_refused_when_forced(make_netns, tmp_path):
-    """auto turns offloads off when an endpoint cannot carry them; 'on' is then a usage error."""
+def test_offload_is_on_with_a_tunnel_and_refused_when_forced_with_fd(make_netns, tmp_path):
+    """auto turns offloads on beside a tunnel (which cuts and merges super-frames);
+    'on' with an fd: endpoint (plain frames only) is a usage error."""
     (a,) = hosts(make_netns, 1)
     vxlan = "vxlan://127.0.0.1:47890?vni=5&local=127.0.0.1:47891"
     tf = TapForward("--stats", "0", "--offload", "auto", a.endpoint, vxlan, tmp_path=tmp_path)
     try:
-        assert tf.wait_for("endpoint_opened", endpoint=a.tap)["offload"] == 0
+        assert tf.wait_for("endpoint_opened", endpoint=a.tap)["offload"] != 0
+        assert tf.wait_for("endpoint_opened", endpoint=vxlan)["offload"]["gso"] is True
     finally:
         tf.stop()
-    forced = TapForward("--offload", "on", a.endpoint, vxlan, tmp_path=tmp_path)
+    forced = TapForward("--offload", "on", a.endpoint, "fd:5", tmp_path=tmp_path)
     try:
         assert forced.proc.wait(timeout=20) == exits.EXIT_USAGE
         line = forced.log_path.read_text().strip()
@@ -122,16 +124,16 @@ def test_offload_is_off_with_a_tunnel_and_refused_when_forced(make_netns, tmp_pa
         forced.stop()
 
 
-def test_tcp_is_byte_exact_where_offloads_are_negotiated_off(make_netns, tmp_path):
-    """The fallback: a TAP joined to a VXLAN tunnel (which cannot carry 64 KiB
-    frames) gets no offloads, so each kernel sends finished, MTU-sized frames; two
-    sites over VXLAN carry 64 MiB of TCP byte for byte (SHA-256)."""
+def test_tcp_is_byte_exact_where_offloads_are_off(make_netns, tmp_path):
+    """The fallback: with --offload off a TAP joined to a VXLAN tunnel gets no
+    offloads, so each kernel sends finished, MTU-sized frames; two sites over VXLAN
+    carry 64 MiB of TCP byte for byte (SHA-256)."""
     s1, s2 = make_netns(), make_netns()
     underlay(s1, s2, "198.18.4.1", "198.18.4.2")
     h1, h2 = Host(make_netns(), 0), Host(make_netns(), 1)
     h1.ip, h2.ip = "198.18.5.1", "198.18.5.2"
     sites = [
-        TapForward("--stats", "0", "--mtu", "1450", h.endpoint,
+        TapForward("--stats", "0", "--mtu", "1450", "--offload", "off", h.endpoint,
                    f"vxlan://{peer}?vni=7&local={local}:4789", tmp_path=tmp_path, netns=s.name)
         for h, s, local, peer in ((h1, s1, "198.18.4.1", "198.18.4.2"),
                                   (h2, s2, "198.18.4.2", "198.18.4.1"))

@@ -48,7 +48,7 @@ BAD = [
     (["--x\x85y", "a", "b"], USAGE, "--x\\x85y"),  # a line break echoed back is escaped
     (["--x\u2028y", "a", "b"], USAGE, "--x\\u2028y"),
     (["packet:eth0/x", "tap1"], USAGE, "eth0/x: name contains '/'"),
-    (["--offload", "on", "packet:eth0", "udp://127.0.0.1:9"], USAGE, "--offload on needs"),
+    (["--offload", "on", "packet:eth0", "fd:5"], USAGE, "--offload on needs"),
     (["pcap:/tmp/x.pcap?snaplen=\u00b2", "a", "b"], USAGE, "snaplen '\u00b2'"),
     (["--mtu", "\uff16\uff18", "a", "b"], USAGE, "argument --mtu: expected a whole number"),
     (["--max-macs", "1_000", "a", "b"], USAGE, "argument --max-macs"),

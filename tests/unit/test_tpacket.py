@@ -224,14 +224,19 @@ def test_ring_geometry_is_checked():
     [
         (["tap", "packet"], "auto", True),
         (["packet", "packet", "pcap"], "auto", True),
-        (["tap", "packet", "vxlan"], "auto", False),
+        (["tap", "packet", "vxlan"], "auto", True),
+        (["tap", "udp"], "auto", True),
+        (["vxlan", "udp"], "auto", False),  # nothing takes super-frames natively: no gain
+        (["tap", "fd"], "auto", False),
+        (["vxlan", "udp"], "on", True),
         (["tap", "packet"], "off", False),
         (["tap", "packet"], "on", True),
     ],
 )
 def test_offloads_are_on_when_every_carrier_takes_super_frames(kinds, mode, expected):
-    """A packet: interface carries super-frames as a TAP does: auto turns offloads on
-    for TAPs and packet: interfaces together, off with a tunnel among them."""
+    """A packet: interface carries super-frames as a TAP does, tunnels by cutting and
+    merging them: auto turns offloads on with a TAP or packet: interface among them,
+    off with an fd: endpoint (plain frames) or tunnels alone."""
     from greentap.app.startup import offload_policy
     from greentap.core.endpoints import EndpointSpec
 

@@ -34,14 +34,6 @@ def recv_frame(port, timeout=2):
     return bytes(buf[:n])
 
 
-@pytest.fixture
-def closing():
-    things = []
-    yield things.append
-    for t in things:
-        t.close()
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_udp_port_carries_one_raw_frame_per_datagram(host, closing):
     """udp://: a datagram is exactly one Ethernet frame, both ways (IPv4 and IPv6)."""

@@ -1,0 +1,238 @@
+"""Receive offload in software: TCP segments of one flow merged into a super-frame.  Pure.
+
+A tunnel carries finished frames, one per datagram; a TAP opened with
+offloads takes *super-frames* (a virtio-net header saying "cut me into
+segments of ``gso_size``"), and one 64 KiB write costs the kernel about what
+one 1450-byte write does.  So a tunnel port merges what it read in one batch
+before handing it on, as the kernel's ``tcp_gro_receive`` and wireguard-go's
+``tcpGRO`` (tun/offload_linux.go) do.  Segment B is appended to the
+super-frame A held for its flow (same Ethernet header and tags, addresses and
+ports) only when:
+
+- both are TCP over IPv4 without options and not fragmented, or over IPv6
+  without extension headers, and the frame ends where the IP length says;
+- both checksums check (a damaged segment is passed on as it came, for the
+  receiver to drop: merging would give it a fresh, valid checksum);
+- B's flags are ACK, or ACK and PSH; PSH ends the super-frame;
+- B's sequence number is the next one A expects; ACK number, data offset,
+  window and options (timestamps included) are equal, and so are the IP
+  fields that matter (TOS/traffic class, TTL/hop limit, DF, flow label);
+- B carries no more payload than A's first segment (``gso_size``), and A's
+  last segment was full: a short segment ends a super-frame;
+- the IP length stays within 65535.
+
+Anything else of that flow (a FIN, a pure ACK, a gap) ends the held
+super-frame first, so order within a flow is kept; other frames pass as they
+came, in their place.  Every frame that comes out starts with a vnet header:
+all zeros for a frame as it came, ``NEEDS_CSUM`` and ``GSO_TCPV4``/``GSO_TCPV6``
+for a merged one (whose checksum field holds the pseudo-header's sum, as
+``CHECKSUM_PARTIAL`` wants).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from greentap.core import kernel_constants as kc
+from greentap.core.checksum import ones_complement_sum
+from greentap.core.segment import GSO_TCPV4, GSO_TCPV6
+
+__all__ = ["PLAIN_HEADER", "coalesce"]
+
+PLAIN_HEADER = bytes(kc.VIRTIO_NET_HDR_SIZE)  # a finished frame: nothing for the TAP to do
+_VNET = struct.Struct("=BBHHHH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_ACK, _PSH = 0x10, 0x08
+_MAX_IP_LENGTH = 0xFFFF
+_TCP_SUM_AT = 16
+
+Frame = bytes | bytearray | memoryview
+# flow, match, seq, payload, headers, l4_at, v4, candidate, l4_len, flags
+_Parsed = tuple[bytes, bytes, int, int, int, int, bool, bool, int, int]
+
+
+class _Held:
+    """A super-frame being built: the first segment's headers and every payload so far."""
+
+    __slots__ = (
+        "count",
+        "frame",
+        "ip_at",
+        "l4_at",
+        "l4_len",
+        "match",
+        "next_seq",
+        "open",
+        "size",
+        "v4",
+    )
+
+    def __init__(
+        self, frame: Frame, v4: bool, ip_at: int, l4_at: int, l4_len: int, payload: int,
+        seq: int, match: bytes, push: bool,
+    ) -> None:  # fmt: skip
+        self.frame = bytearray(frame)
+        self.v4, self.ip_at, self.l4_at, self.l4_len = v4, ip_at, l4_at, l4_len
+        self.size = payload  # gso_size: every segment but the last has exactly this
+        self.next_seq = (seq + payload) & 0xFFFFFFFF
+        self.match = match
+        self.open = not push
+        self.count = 1
+
+    def takes(self, match: bytes, seq: int, payload: int) -> bool:
+        return (
+            self.open
+            and seq == self.next_seq
+            and match == self.match
+            and payload <= self.size
+            and len(self.frame) - self.ip_at + payload <= _MAX_IP_LENGTH
+        )
+
+    def add(self, frame: Frame, headers: int, payload: int, push: bool) -> None:
+        self.frame += memoryview(frame)[headers:]
+        self.next_seq = (self.next_seq + payload) & 0xFFFFFFFF
+        self.count += 1
+        if push:
+            self.frame[self.l4_at + 13] |= _PSH
+        if push or payload < self.size:
+            self.open = False
+
+    def output(self) -> bytearray:
+        """The vnet header and the frame: as it came, or merged with its headers fixed up."""
+        frame = self.frame
+        if self.count == 1:
+            return bytearray(PLAIN_HEADER) + frame
+        ip_at, l4_at = self.ip_at, self.l4_at
+        tcp_length = len(frame) - l4_at
+        if self.v4:
+            _U16.pack_into(frame, ip_at + 2, len(frame) - ip_at)
+            _U16.pack_into(frame, ip_at + 10, 0)
+            _U16.pack_into(frame, ip_at + 10, ~ones_complement_sum(frame[ip_at:l4_at]) & 0xFFFF)
+            pseudo = bytes(frame[ip_at + 12 : ip_at + 20]) + struct.pack("!HH", 6, tcp_length)
+        else:
+            _U16.pack_into(frame, ip_at + 4, tcp_length)
+            pseudo = bytes(frame[ip_at + 8 : ip_at + 40]) + struct.pack("!II", tcp_length, 6)
+        # CHECKSUM_PARTIAL: the field holds the pseudo-header's sum; the rest is the NIC's.
+        _U16.pack_into(frame, l4_at + _TCP_SUM_AT, ones_complement_sum(pseudo))
+        header = _VNET.pack(
+            kc.VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            GSO_TCPV4 if self.v4 else GSO_TCPV6,
+            l4_at + self.l4_len,
+            self.size,
+            l4_at,
+            _TCP_SUM_AT,
+        )
+        return bytearray(header) + frame
+
+
+def _parse(frame: Frame) -> _Parsed | None:
+    """What coalescing needs to know of a TCP/IP frame, or None for anything else.
+
+    Returns:
+        ``(flow, match, seq, payload, headers, l4_at, v4, candidate, ip_at, flags)``.
+    """
+    at = kc.ETH_HLEN - 2
+    end = len(frame)
+    while True:
+        if at + 2 > end:
+            return None
+        ethertype = frame[at] << 8 | frame[at + 1]
+        if ethertype != kc.ETH_P_8021Q and ethertype != kc.ETH_P_8021AD:
+            break
+        at += kc.VLAN_HLEN
+    ip_at = at + 2
+    if ethertype == 0x0800:
+        if ip_at + 20 > end or frame[ip_at] != 0x45 or frame[ip_at + 9] != 6:
+            return None
+        l4_at = ip_at + 20
+        ip_end = ip_at + (frame[ip_at + 2] << 8 | frame[ip_at + 3])
+        fragment = frame[ip_at + 6] << 8 | frame[ip_at + 7]
+        addresses = bytes(frame[ip_at + 12 : ip_at + 20])
+        ip_match = bytes((frame[ip_at + 1], frame[ip_at + 8], fragment >> 14))  # TOS, TTL, DF
+        v4 = True
+        fits = fragment & 0x3FFF == 0  # not a fragment
+    elif ethertype == 0x86DD:
+        if ip_at + 40 > end or frame[ip_at] >> 4 != 6 or frame[ip_at + 6] != 6:
+            return None
+        l4_at = ip_at + 40
+        ip_end = l4_at + (frame[ip_at + 4] << 8 | frame[ip_at + 5])
+        addresses = bytes(frame[ip_at + 8 : ip_at + 40])
+        ip_match = bytes(frame[ip_at : ip_at + 4]) + bytes((frame[ip_at + 7],))  # class, flow, hops
+        v4 = False
+        fits = True
+    else:
+        return None
+    if l4_at + 20 > end:
+        return None
+    l4_len = (frame[l4_at + 12] >> 4) * 4
+    flags = frame[l4_at + 13]
+    flow = bytes(frame[:ip_at]) + addresses + bytes(frame[l4_at : l4_at + 4])
+    headers = l4_at + l4_len
+    payload = ip_end - headers
+    candidate = (
+        fits
+        and l4_len >= 20
+        and ip_end == end  # no Ethernet padding, no truncation
+        and payload > 0
+        and flags & ~_PSH == _ACK
+    )
+    seq = _U32.unpack_from(frame, l4_at + 4)[0]
+    match = b""
+    if candidate:
+        # ACK number, data offset, flags but PSH, window, options; then the IP fields.
+        word = bytearray(frame[l4_at + 8 : l4_at + 16])
+        word[5] &= ~_PSH & 0xFF
+        match = bytes(word) + bytes(frame[l4_at + 20 : headers]) + ip_match
+        candidate = _checks(frame, v4, ip_at, l4_at, addresses, end - l4_at)
+    return flow, match, seq, payload, headers, l4_at, v4, candidate, l4_len, flags
+
+
+def _checks(
+    frame: Frame, v4: bool, ip_at: int, l4_at: int, addresses: bytes, tcp_length: int
+) -> bool:
+    """Whether the IPv4 header checksum and the TCP checksum both verify."""
+    view = memoryview(frame)
+    if v4:
+        if ones_complement_sum(view[ip_at:l4_at]) != 0xFFFF:
+            return False
+        pseudo = addresses + struct.pack("!HH", 6, tcp_length)
+    else:
+        pseudo = addresses + struct.pack("!II", tcp_length, 6)
+    return ones_complement_sum(pseudo + bytes(view[l4_at:])) == 0xFFFF
+
+
+def coalesce(frames: Iterable[Frame]) -> list[bytearray]:
+    """Merge the TCP segments in ``frames`` that a NIC's receive offload would merge.
+
+    Args:
+        frames: Ethernet frames, no vnet header, in the order they arrived.
+
+    Returns:
+        The frames, each behind a 10-byte vnet header: merged super-frames in
+        the place of their first segment, everything else as it came, in order.
+    """
+    out: list[bytearray | _Held] = []
+    held: dict[bytes, _Held] = {}
+    for frame in frames:
+        parsed = _parse(frame)
+        if parsed is None:
+            out.append(bytearray(PLAIN_HEADER) + frame)
+            continue
+        flow, match, seq, payload, headers, l4_at, v4, candidate, l4_len, flags = parsed
+        push = bool(flags & _PSH)
+        current = held.get(flow)
+        if candidate and current is not None and current.takes(match, seq, payload):
+            current.add(frame, headers, payload, push)
+            continue
+        if current is not None:
+            del held[flow]  # ends here: what follows of the flow must come after it
+        if candidate:
+            ip_at = l4_at - (20 if v4 else 40)
+            new = _Held(frame, v4, ip_at, l4_at, l4_len, payload, seq, match, push)
+            held[flow] = new
+            out.append(new)
+        else:
+            out.append(bytearray(PLAIN_HEADER) + frame)
+    return [item.output() if isinstance(item, _Held) else item for item in out]

@@ -1,0 +1,264 @@
+"""The half of a UDP port that carries super-frames: cut on the way out, merged on the way in.
+
+With offloads (``offload=True``: the forwarder's default beside a TAP or a
+``packet:`` interface) a tunnel port's frames carry a virtio-net header, so
+the TAP's super-frames never shrink to 1450 bytes on the way through Python:
+
+- out: a super-frame is cut into segments (:mod:`greentap.core.segment`)
+  that leave in one ``sendmsg`` with ``UDP_SEGMENT`` (the kernel makes the
+  datagrams); a checksum left to the NIC is finished.  A device without
+  checksum offload on the way answers EIO: UDP GSO is then turned off for
+  the socket (logged once as ``udp_gso_off``, counted ``tx_gso_off``) and
+  the segments go one by one.  A segment over the path MTU makes the whole
+  send fail (EINVAL): the segments are then sent one by one, so each is
+  counted as ``tx_too_big`` as it would be without GSO;
+- in: ``UDP_GRO`` hands over many datagrams per read, and the socket is read
+  again until it is empty (a batch of up to :data:`BATCH` frames); the TCP
+  segments of one flow in a batch are merged into a super-frame
+  (:mod:`greentap.core.coalesce`).
+
+Counters count datagrams: a super-frame sent as 40 segments is 40 ``tx_packets``.
+"""
+
+from __future__ import annotations
+
+import _socket  # never monkey-patched: greentap does its own waiting
+import collections
+import errno
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from greentap.core import kernel_constants as kc
+from greentap.core.coalesce import coalesce
+from greentap.core.kernel_constants import ETH_HLEN
+from greentap.core.segment import SegmentError, finished
+from greentap.errors import EndpointClosed
+from greentap.green.fdio import GreenFd
+from greentap.ports.base import Port
+
+__all__ = ["BATCH", "MAX_DATAGRAM", "Address", "SuperFrames"]
+
+# Largest UDP payload (IPv4: 65535 - 20 - 8); IPv6 allows 65527.
+MAX_DATAGRAM = 65507
+BATCH = 64  # frames read back to back, and merged, before they are handed on
+
+_recvmsg_into = _socket.socket.recvmsg_into
+_GRO_SPACE = socket.CMSG_SPACE(4)  # the UDP_GRO control message: an int, the datagram size
+_GSO_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
+
+Address = tuple[str, int]
+
+
+class SuperFrames(Port):
+    """Offloads for a datagram port: what :class:`~greentap.ports.datagram.DatagramPort`
+    switches to when opened with ``offload``.
+
+    Subclasses provide the socket (``_io``), what goes before each frame
+    (``_prefix``), where a frame goes (:meth:`_targets`), what a datagram
+    holds (:meth:`_decap`), and the plain sends and counting.
+    """
+
+    _io: GreenFd
+    _prefix: bytes
+    drops: collections.Counter[str]
+    gso = False  # sends use UDP_SEGMENT
+    gro = False  # the socket has UDP_GRO
+
+    def _offloads(self, sock: Any) -> None:
+        """Switch to frames behind a vnet header (called by the constructor)."""
+        self.header_size = kc.VIRTIO_NET_HDR_SIZE
+        self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
+        self.recv_into = self._recv_merged  # type: ignore[method-assign]
+        self.send = self._send_offloaded  # type: ignore[method-assign]
+        self.gso = True  # until a send says otherwise (EIO)
+        try:
+            sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
+            self.gro = True
+        except OSError:  # a kernel before 5.0: datagrams one by one, merged all the same
+            pass
+        self._rx = bytearray(MAX_DATAGRAM + 1024)  # a GRO read: up to 64 KiB of datagrams
+        self._rx_view = memoryview(self._rx)
+        self._pending: collections.deque[bytearray] = collections.deque()
+
+    # --- what the subclasses say ------------------------------------------------
+    def _targets(self, frame: Any) -> Sequence[Address]:  # pragma: no cover - interface
+        """The remotes a frame (no vnet header) goes to."""
+        raise NotImplementedError
+
+    def _decap(self, datagram: memoryview, sender: Any) -> memoryview | None:  # pragma: no cover
+        """The frame in one datagram, or None (dropped and counted)."""
+        raise NotImplementedError
+
+    def _sendmsg(
+        self, buffers: Sequence[Any], size: int, addr: Address
+    ) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _sent(self, addr: Address, packets: int, size: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _send_failed(self, exc: OSError, addr: Address, packets: int) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _accept(self, n: int) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _drop(self, reason: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _read_error_queue(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _recv_merged(self, buffer: bytearray | memoryview) -> int:
+        """Read the next frame, with its vnet header, into ``buffer``; return its length.
+
+        Frames come from batches: one (GRO) read waited for, then as many as
+        are there without waiting, up to :data:`BATCH` frames, merged
+        (:func:`~greentap.core.coalesce.coalesce`).
+        """
+        pending = self._pending
+        while not pending:
+            self._fill()
+        frame = pending.popleft()
+        n = len(frame)
+        buffer[:n] = frame
+        return n
+
+    def _fill(self) -> None:
+        """Read one batch: at most :data:`BATCH` datagrams, whatever they hold, so a
+        flood of garbage cannot hold back the frames read before it."""
+        frames: list[bytes] = []
+        datagrams = 0
+        got = self._read_batch(wait=True)
+        while got is not None:
+            n, size, sender = got
+            view = self._rx_view
+            for at in range(0, max(n, 1), max(size, 1)):  # an empty datagram is one too
+                datagrams += 1
+                inner = self._decap(view[at : min(at + size, n)], sender)
+                if inner is not None:
+                    frames.append(bytes(inner))
+                    self._accept(len(inner))
+            if datagrams >= BATCH:
+                break
+            got = self._read_batch(wait=False)
+        if frames:
+            self._pending.extend(coalesce(frames))
+
+    def _read_batch(self, *, wait: bool) -> tuple[int, int, Any] | None:
+        """One read of a datagram, or of many that GRO joined: ``(n, datagram size, sender)``.
+
+        Returns None when ``wait`` is False and nothing is there.
+        """
+        io, buffers = self._io, (self._rx,)
+        while True:
+            try:
+                if wait:
+                    n, ancillary, flags, sender = io.read(_recv_gro, buffers)
+                else:
+                    sock = io.holder.handle
+                    if sock is None:
+                        raise EndpointClosed(endpoint=self.name)
+                    n, ancillary, flags, sender = _recv_gro(sock, buffers)
+                    io.count()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or io.closed:
+                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
+                self._read_error_queue()  # as in _receive
+                io.count()
+                continue
+            if flags & socket.MSG_TRUNC:
+                self._drop("rx_truncated")
+                continue
+            size = n
+            for level, kind, data in ancillary:
+                if level == kc.SOL_UDP and kind == kc.UDP_GRO and len(data) >= 4:
+                    size = _GRO_SIZE.unpack_from(data)[0] or n
+            return n, size, sender
+
+    def _send_offloaded(self, frame: bytes | bytearray | memoryview) -> bool:
+        """Send one frame behind its vnet header; return False if no remote got it.
+
+        A super-frame leaves as segments, with UDP GSO where the kernel can.
+        """
+        if len(frame) < kc.VIRTIO_NET_HDR_SIZE + ETH_HLEN:
+            self.drops["tx_runt"] += 1
+            self.counters.tx_errors += 1
+            return False
+        if not frame[1] and not frame[0] & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            return self._send_one(memoryview(frame)[kc.VIRTIO_NET_HDR_SIZE :])
+        try:
+            segments = finished(frame)
+        except ValueError as exc:
+            reason = "tx_bad_super_frame" if isinstance(exc, SegmentError) else "tx_bad_vnet_header"
+            self.drops[reason] += 1
+            self.counters.tx_errors += 1
+            return False
+        if len(segments) == 1:
+            return self._send_one(segments[0])
+        return self._send_segments(segments)
+
+    def _send_one(self, frame: Any) -> bool:
+        prefix = self._prefix
+        buffers = (prefix, frame) if prefix else (frame,)
+        size = len(prefix) + len(frame)
+        sent = False
+        for addr in self._targets(frame):
+            sent = self._sendmsg(buffers, size, addr) or sent
+        return sent
+
+    def _send_segments(self, segments: list[bytearray]) -> bool:
+        """Send segments of one size (the last may be shorter), many per ``sendmsg``."""
+        prefix = self._prefix
+        each = len(prefix) + len(segments[0])
+        per = max(1, min(kc.UDP_MAX_SEGMENTS, MAX_DATAGRAM // each))
+        sent = False
+        for addr in self._targets(segments[0]):
+            for start in range(0, len(segments), per):
+                chunk = segments[start : start + per]
+                if self.gso and len(chunk) > 1:
+                    done = self._send_gso(chunk, each, addr)
+                    if done is not None:
+                        sent = done or sent
+                        continue
+                for seg in chunk:  # one by one: no GSO, or to learn which one fails
+                    buffers = (prefix, seg) if prefix else (seg,)
+                    sent = self._sendmsg(buffers, len(prefix) + len(seg), addr) or sent
+        return sent
+
+    def _send_gso(self, chunk: list[bytearray], each: int, addr: Address) -> bool | None:
+        """One ``sendmsg`` with ``UDP_SEGMENT``; None: send these one by one instead."""
+        prefix = self._prefix
+        buffers: list[Any] = []
+        for seg in chunk:
+            if prefix:
+                buffers.append(prefix)
+            buffers.append(seg)
+        size = len(prefix) * len(chunk) + sum(len(seg) for seg in chunk)
+        sock = self._io.holder.handle
+        if sock is None:
+            raise EndpointClosed(endpoint=self.name)
+        try:
+            sock.sendmsg(buffers, [(kc.SOL_UDP, kc.UDP_SEGMENT, _GSO_SIZE.pack(each))], 0, addr)  # type: ignore[union-attr]
+        except OSError as exc:
+            if self._io.closed:
+                raise EndpointClosed(endpoint=self.name) from exc
+            if exc.errno == errno.EIO:  # the way out has no checksum offload: no GSO here
+                self.gso = False
+                self.drops["tx_gso_off"] += 1
+                self.notify("udp_gso_off", level="info", error="EIO from a UDP_SEGMENT send")
+                return None
+            if exc.errno in (errno.EINVAL, errno.EMSGSIZE):  # over the path MTU: each says so
+                return None
+            return self._send_failed(exc, addr, len(chunk))
+        self._sent(addr, len(chunk), size)
+        return True
+
+
+def _recv_gro(sock: Any, buffers: tuple[Any, ...]) -> tuple[int, list[Any], int, Any]:
+    return _recvmsg_into(sock, buffers, _GRO_SPACE)

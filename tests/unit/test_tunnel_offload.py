@@ -1,0 +1,197 @@
+"""Tunnel ports with offloads over loopback: super-frames cut with UDP GSO, merged after
+UDP GRO, the fallbacks without either, bad super-frames counted (no root)."""
+
+import socket
+import struct
+
+import gevent
+import pytest
+
+from greentap.core import kernel_constants as kc
+from greentap.core import segment as seg
+from greentap.core import vxlan
+from greentap.core.checksum import ones_complement_sum
+from greentap.core.coalesce import PLAIN_HEADER
+from greentap.ports.tunnel import UdpPort, VxlanPort
+from tests.unit.test_segment import super_frame
+
+VNET = struct.Struct("=BBHHHH")
+PAYLOAD = bytes(range(256)) * 200  # 51,200 bytes: 37 segments of 1400
+
+
+def pair(kind, host, closing, **kw):
+    """Two ports of ``kind`` with offloads, each the other's remote, on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in probe:
+        s.bind((host, 0))
+    a_addr, b_addr = (s.getsockname()[:2] for s in probe)
+    for s in probe:
+        s.close()
+    if kind == "vxlan":
+        a = VxlanPort("a", [b_addr], 5, a_addr, offload=True, **kw)
+        b = VxlanPort("b", [a_addr], 5, b_addr, offload=True, **kw)
+    else:
+        a = UdpPort("a", b_addr, a_addr, offload=True, **kw)
+        b = UdpPort("b", a_addr, b_addr, offload=True, **kw)
+    closing(a)
+    closing(b)
+    return a, b
+
+
+def read_until(port, segments, timeout=3):
+    """Frames read from ``port`` until they hold ``segments`` segments in all."""
+    buf, out, count = bytearray(port.max_frame_size), [], 0
+    with gevent.Timeout(timeout, AssertionError(f"only {count} of {segments} segments")):
+        while count < segments:
+            n = port.recv_into(buf)
+            frame = bytes(buf[:n])
+            out.append(frame)
+            count += len(seg.segment(frame)) if frame[1] else 1
+    return out
+
+
+def cut(frames):
+    """Every frame read, as the segments a NIC would put on the wire."""
+    return [bytes(p) for f in frames for p in (seg.segment(f) if f[1] else [f[10:]])]
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "udp"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_super_frame_crosses_as_segments_and_is_merged_again(kind, host, closing):
+    """A TCP super-frame sent by one port leaves as 37 datagrams (UDP GSO: one send)
+    and the other port, reading them with UDP GRO, merges them into super-frames
+    whose segments are the original segments byte for byte."""
+    a, b = pair(kind, host, closing)
+    assert a.gso and b.gro
+    frame, _ = super_frame(PAYLOAD, 1400, flags=0x10, v6=":" in host)
+    original = [bytes(p) for p in seg.segment(frame)]
+    assert a.send(frame) is True
+    assert a.counters.tx_packets == len(original) == 37
+    got = read_until(b, len(original))
+    assert cut(got) == original
+    assert len(got) < len(original)  # merged: fewer, larger frames
+    assert b.counters.rx_packets == 37
+    assert a.describe()["offload"] == {"gso": True, "gro": True}
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "udp"])
+def test_without_gso_and_without_gro_the_same_segments_arrive(kind, closing):
+    """The fallbacks: a sender without UDP GSO sends the segments one by one, a
+    receiver without UDP_GRO reads them one by one; merged all the same."""
+    a, b = pair(kind, "127.0.0.1", closing)
+    a.gso = False
+    b._io.holder.handle.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 0)
+    frame, _ = super_frame(PAYLOAD, 1000, flags=0x10)
+    original = [bytes(p) for p in seg.segment(frame)]
+    assert a.send(frame) is True
+    got = read_until(b, len(original))
+    assert cut(got) == original
+
+
+def test_a_plain_receiver_gets_finished_datagrams(closing):
+    """What a peer without offloads (QEMU's dgram, a kernel vxlan) receives from a
+    super-frame: one datagram per segment, each under the segment size, each with
+    a TCP checksum that verifies; a NEEDS_CSUM frame arrives with its checksum done."""
+    qemu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    qemu.bind(("127.0.0.1", 0))
+    qemu.settimeout(2)
+    closing(qemu)
+    port = UdpPort("u", qemu.getsockname(), ("127.0.0.1", 0), offload=True)
+    closing(port)
+    frame, csum_start = super_frame(PAYLOAD[:5000], 1400, flags=0x10)
+    assert port.send(frame) is True
+    sizes = []
+    for piece in seg.segment(frame):
+        data = qemu.recv(70000)
+        assert data == bytes(piece)
+        sizes.append(len(data))
+    assert max(sizes) == csum_start + 20 + 1400
+    # One segment's worth: no GSO, only the checksum to finish.
+    small, _ = super_frame(b"x" * 100, 1400, flags=0x18)
+    plain = bytearray(small)
+    plain[1] = 0  # GSO_NONE, still NEEDS_CSUM: the field holds the pseudo-header's sum
+    tcp_length = len(plain) - 10 - csum_start
+    partial = ones_complement_sum(bytes(plain[36:44]) + struct.pack("!HH", 6, tcp_length))
+    struct.pack_into("!H", plain, 10 + csum_start + 16, partial)
+    assert port.send(plain) is True
+    data = qemu.recv(70000)
+    pseudo = data[26:34] + struct.pack("!HH", 6, len(data) - csum_start)
+    assert ones_complement_sum(pseudo + data[csum_start:]) == 0xFFFF
+
+
+def test_frames_that_need_nothing_pass_behind_a_zero_header(closing):
+    """A frame with an all-zero vnet header is sent as it is; an ARP frame read is
+    handed on behind an all-zero header."""
+    a, b = pair("vxlan", "127.0.0.1", closing)
+    arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
+    assert a.send(PLAIN_HEADER + arp) is True
+    (got,) = read_until(b, 1)
+    assert got == PLAIN_HEADER + arp
+
+
+def test_bad_super_frames_and_runts_are_counted_never_sent(closing):
+    """A super-frame whose headers do not add up, a checksum offset outside the frame
+    and a runt are each dropped and counted by reason; nothing is sent."""
+    a, _ = pair("vxlan", "127.0.0.1", closing)
+    frame, _ = super_frame(PAYLOAD[:3000], 1000)
+    broken = bytearray(frame)
+    broken[10 + 23] = 17  # the IPv4 protocol says UDP under a TCP GSO type
+    assert a.send(broken) is False
+    outside = bytearray(VNET.pack(1, 0, 0, 0, 60, 16)) + frame[10:70]
+    assert a.send(outside) is False
+    assert a.send(PLAIN_HEADER + b"\x01" * 5) is False
+    assert dict(a.drops) == {"tx_bad_super_frame": 1, "tx_bad_vnet_header": 1, "tx_runt": 1}
+    assert a.counters.tx_errors == 3 and a.counters.tx_packets == 0
+
+
+def test_vxlan_header_of_each_segment(closing):
+    """With UDP GSO each datagram on the wire is a VXLAN header, then one segment."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2)
+    closing(peer)
+    port = VxlanPort("v", [peer.getsockname()], 77, ("127.0.0.1", 0), offload=True)
+    closing(port)
+    frame, _ = super_frame(PAYLOAD[:4500], 1000, flags=0x10)
+    assert port.send(frame) is True
+    for piece in seg.segment(frame):
+        data = peer.recv(70000)
+        assert data[:8] == vxlan.header(77) and data[8:] == bytes(piece)
+
+
+class RefusesGso:
+    """A socket whose UDP_SEGMENT sends fail with EIO, as an older kernel's do when the
+    way out lacks checksum offload (this kernel finishes the checksums itself: no
+    real device here can show the EIO, hence this stand-in)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def sendmsg(self, buffers, ancillary=(), flags=0, address=None):
+        if ancillary:
+            raise OSError(5, "Input/output error")
+        return self.real.sendmsg(buffers, ancillary, flags, address)
+
+
+def test_gso_refused_with_eio_is_turned_off_once_and_the_segments_still_leave(closing):
+    """An EIO from a UDP_SEGMENT send turns GSO off for the port, reported once
+    (udp_gso_off) and counted (tx_gso_off); the super-frame's segments still leave,
+    one by one, and the next super-frame does not try GSO again."""
+    a, b = pair("vxlan", "127.0.0.1", closing)
+    events = []
+    a.notify = lambda event, level="warning", **fields: events.append(event)
+    holder = a._io.holder
+    real = holder.handle
+    holder.handle = RefusesGso(real)
+    try:
+        frame, _ = super_frame(PAYLOAD[:10000], 1000, flags=0x10)
+        original = [bytes(p) for p in seg.segment(frame)]
+        for _ in range(2):
+            assert a.send(frame) is True
+    finally:
+        holder.handle = real
+    assert a.gso is False and events == ["udp_gso_off"]
+    assert dict(a.drops) == {"tx_gso_off": 1}
+    assert a.counters.tx_packets == 2 * len(original)
+    assert cut(read_until(b, 2 * len(original))) == original * 2
