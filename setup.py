@@ -1,6 +1,8 @@
 """Builds greentap's optional C extension; the metadata is in setup.cfg.
 
-The wire's inner loop in C (greentap/green/_relay.c).  Optional: without a
+The wire's inner loop in C (greentap/green/_relay.c) and the per-byte work
+of software offloads (greentap/core/_offload.c: checksums, cutting and
+merging super-frames).  Optional: without a
 compiler the build goes on and greentap uses its pure-Python loop
 (`tap-forward --version` says which runs, and why).
 """
@@ -19,6 +21,9 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("greentap.green._relay", ["greentap/green/_relay.c"], optional=True)],
+    ext_modules=[
+        Extension("greentap.green._relay", ["greentap/green/_relay.c"], optional=True),
+        Extension("greentap.core._offload", ["greentap/core/_offload.c"], optional=True),
+    ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["finish_checksum", "ones_complement_sum"]
+from greentap.core._accel import offload
+
+__all__ = ["finish_checksum", "ones_complement_sum", "python_ones_complement_sum"]
 
 _FIELD = struct.Struct("!H")
 
 
-def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
+def python_ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
     """The 16-bit ones' complement sum of ``data`` (big-endian words, odd length padded).
 
     Computed on one big integer: as 2**16 is 1 modulo 0xFFFF, the sum of the
@@ -29,6 +31,10 @@ def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
     value = int.from_bytes(data, "big")
     folded = value % 0xFFFF
     return 0xFFFF if folded == 0 and value else folded
+
+
+# The C twin where it was built (greentap/core/_offload.c); the same results.
+ones_complement_sum = offload.checksum if offload is not None else python_ones_complement_sum
 
 
 def finish_checksum(frame: bytearray | memoryview, start: int, offset: int) -> None:

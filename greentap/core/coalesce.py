@@ -35,10 +35,11 @@ import struct
 from collections.abc import Iterable
 
 from greentap.core import kernel_constants as kc
+from greentap.core._accel import offload
 from greentap.core.checksum import ones_complement_sum
 from greentap.core.segment import GSO_TCPV4, GSO_TCPV6
 
-__all__ = ["PLAIN_HEADER", "coalesce"]
+__all__ = ["PLAIN_HEADER", "coalesce", "merge"]
 
 PLAIN_HEADER = bytes(kc.VIRTIO_NET_HDR_SIZE)  # a finished frame: nothing for the TAP to do
 _VNET = struct.Struct("=BBHHHH")
@@ -236,3 +237,7 @@ def coalesce(frames: Iterable[Frame]) -> list[bytearray]:
         else:
             out.append(bytearray(PLAIN_HEADER) + frame)
     return [item.output() if isinstance(item, _Held) else item for item in out]
+
+
+# The C twin where it was built (greentap/core/_offload.c); the same results.
+merge = offload.coalesce if offload is not None else coalesce

@@ -26,9 +26,19 @@ from __future__ import annotations
 import struct
 
 from greentap.core import kernel_constants as kc
+from greentap.core._accel import offload
 from greentap.core.checksum import finish_checksum, ones_complement_sum
 
-__all__ = ["GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "SegmentError", "finished", "segment"]
+__all__ = [
+    "GSO_TCPV4",
+    "GSO_TCPV6",
+    "GSO_UDP_L4",
+    "SegmentError",
+    "cut",
+    "finished",
+    "python_cut",
+    "segment",
+]
 
 # linux/virtio_net.h: gso_type values.
 GSO_TCPV4 = 1
@@ -50,6 +60,10 @@ MAX_SEGMENTS = 1 << 16  # more than a 64 KiB payload can make, even at gso_size 
 
 class SegmentError(ValueError):
     """A super-frame whose headers do not add up: refused whole."""
+
+
+if offload is not None:
+    offload.set_segment_error(SegmentError)  # what its segment() raises
 
 
 def _ip_offset(frame: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -113,6 +127,8 @@ def segment(frame: bytes | bytearray | memoryview) -> list[bytearray]:
             raise SegmentError("not a UDP header at csum_start")
     headers = l4_at + l4_len
     payload = data[headers:]
+    if (l4_at - ip_at - (0 if v4 else 40)) + l4_len + min(gso_size, len(payload)) > 0xFFFF:
+        raise SegmentError("a segment longer than IP allows")
     count = -(-len(payload) // gso_size)
     if count > MAX_SEGMENTS:
         raise SegmentError(f"{count} segments")
@@ -184,3 +200,26 @@ def finished(frame: bytes | bytearray | memoryview) -> list[bytearray]:
     if flags & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
         finish_checksum(out, csum_start, csum_offset)
     return [out]
+
+
+def python_cut(frame: bytes | bytearray | memoryview, prefix: bytes) -> tuple[bytes, int]:
+    """The segments of a super-frame, each behind ``prefix``, joined into one buffer.
+
+    What a UDP GSO send takes: datagrams of one size (``each``) but the last.
+
+    Args:
+        frame: a 10-byte virtio-net header, then the Ethernet frame.
+        prefix: what goes before each segment (a VXLAN header, or nothing).
+
+    Returns:
+        ``(buffer, each)``: ``each`` is the first datagram's length.
+
+    Raises:
+        SegmentError: as :func:`segment`.
+    """
+    pieces = segment(frame)
+    return b"".join(prefix + piece for piece in pieces), len(prefix) + len(pieces[0])
+
+
+# The C twin where it was built (greentap/core/_offload.c); the same results.
+cut = offload.segment if offload is not None else python_cut

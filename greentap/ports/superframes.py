@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from greentap.core import kernel_constants as kc
-from greentap.core.coalesce import coalesce
+from greentap.core.coalesce import merge
 from greentap.core.kernel_constants import ETH_HLEN
-from greentap.core.segment import SegmentError, finished
+from greentap.core.segment import SegmentError, cut, finished
 from greentap.errors import EndpointClosed
 from greentap.green.fdio import GreenFd
 from greentap.ports.base import Port
@@ -146,7 +146,7 @@ class SuperFrames(Port):
                 break
             got = self._read_batch(wait=False)
         if frames:
-            self._pending.extend(coalesce(frames))
+            self._pending.extend(merge(frames))
 
     def _read_batch(self, *, wait: bool) -> tuple[int, int, Any] | None:
         """One read of a datagram, or of many that GRO joined: ``(n, datagram size, sender)``.
@@ -190,18 +190,24 @@ class SuperFrames(Port):
             self.drops["tx_runt"] += 1
             self.counters.tx_errors += 1
             return False
-        if not frame[1] and not frame[0] & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            return self._send_one(memoryview(frame)[kc.VIRTIO_NET_HDR_SIZE :])
+        if not frame[1]:  # no segmentation: as it is, or with its checksum finished
+            if not frame[0] & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                return self._send_one(memoryview(frame)[kc.VIRTIO_NET_HDR_SIZE :])
+            try:
+                (plain,) = finished(frame)
+            except ValueError:
+                return self._refuse("tx_bad_vnet_header")
+            return self._send_one(plain)
         try:
-            segments = finished(frame)
-        except ValueError as exc:
-            reason = "tx_bad_super_frame" if isinstance(exc, SegmentError) else "tx_bad_vnet_header"
-            self.drops[reason] += 1
-            self.counters.tx_errors += 1
-            return False
-        if len(segments) == 1:
-            return self._send_one(segments[0])
-        return self._send_segments(segments)
+            joined, each = cut(frame, self._prefix)
+        except SegmentError:
+            return self._refuse("tx_bad_super_frame")
+        return self._send_segments(memoryview(joined), each)
+
+    def _refuse(self, reason: str) -> bool:
+        self.drops[reason] += 1
+        self.counters.tx_errors += 1
+        return False
 
     def _send_one(self, frame: Any) -> bool:
         prefix = self._prefix
@@ -212,39 +218,32 @@ class SuperFrames(Port):
             sent = self._sendmsg(buffers, size, addr) or sent
         return sent
 
-    def _send_segments(self, segments: list[bytearray]) -> bool:
-        """Send segments of one size (the last may be shorter), many per ``sendmsg``."""
-        prefix = self._prefix
-        each = len(prefix) + len(segments[0])
-        per = max(1, min(kc.UDP_MAX_SEGMENTS, MAX_DATAGRAM // each))
+    def _send_segments(self, joined: memoryview, each: int) -> bool:
+        """Send datagrams of ``each`` bytes (the last may be shorter) laid end to end
+        in ``joined``, up to 64 per ``sendmsg``."""
+        step = max(1, min(kc.UDP_MAX_SEGMENTS, MAX_DATAGRAM // each)) * each
         sent = False
-        for addr in self._targets(segments[0]):
-            for start in range(0, len(segments), per):
-                chunk = segments[start : start + per]
-                if self.gso and len(chunk) > 1:
+        for addr in self._targets(joined[len(self._prefix) :]):
+            for start in range(0, len(joined), step):
+                chunk = joined[start : start + step]
+                if self.gso and len(chunk) > each:
                     done = self._send_gso(chunk, each, addr)
                     if done is not None:
                         sent = done or sent
                         continue
-                for seg in chunk:  # one by one: no GSO, or to learn which one fails
-                    buffers = (prefix, seg) if prefix else (seg,)
-                    sent = self._sendmsg(buffers, len(prefix) + len(seg), addr) or sent
+                for at in range(0, len(chunk), each):  # one by one: no GSO, or to learn which
+                    datagram = chunk[at : at + each]
+                    sent = self._sendmsg((datagram,), len(datagram), addr) or sent
         return sent
 
-    def _send_gso(self, chunk: list[bytearray], each: int, addr: Address) -> bool | None:
+    def _send_gso(self, chunk: memoryview, each: int, addr: Address) -> bool | None:
         """One ``sendmsg`` with ``UDP_SEGMENT``; None: send these one by one instead."""
-        prefix = self._prefix
-        buffers: list[Any] = []
-        for seg in chunk:
-            if prefix:
-                buffers.append(prefix)
-            buffers.append(seg)
-        size = len(prefix) * len(chunk) + sum(len(seg) for seg in chunk)
         sock = self._io.holder.handle
         if sock is None:
             raise EndpointClosed(endpoint=self.name)
+        count = -(-len(chunk) // each)
         try:
-            sock.sendmsg(buffers, [(kc.SOL_UDP, kc.UDP_SEGMENT, _GSO_SIZE.pack(each))], 0, addr)  # type: ignore[union-attr]
+            sock.sendmsg((chunk,), [(kc.SOL_UDP, kc.UDP_SEGMENT, _GSO_SIZE.pack(each))], 0, addr)  # type: ignore[union-attr]
         except OSError as exc:
             if self._io.closed:
                 raise EndpointClosed(endpoint=self.name) from exc
@@ -255,8 +254,8 @@ class SuperFrames(Port):
                 return None
             if exc.errno in (errno.EINVAL, errno.EMSGSIZE):  # over the path MTU: each says so
                 return None
-            return self._send_failed(exc, addr, len(chunk))
-        self._sent(addr, len(chunk), size)
+            return self._send_failed(exc, addr, count)
+        self._sent(addr, count, len(chunk))
         return True
 
 

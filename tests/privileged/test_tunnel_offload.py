@@ -10,6 +10,10 @@ from tests.privileged.test_offload import transfer_between as transfer
 from tests.privileged.test_tunnels import forwarder_in, kernel_vtep  # noqa: F401 - fixtures
 from tests.privileged.topology import Host, TapForward, underlay
 
+# Every test here runs with the C offloads and with their pure-Python references
+# (GREENTAP_PURE_PYTHON=1 in the forwarders: tests/conftest.py's relay_loop).
+pytestmark = pytest.mark.usefixtures("relay_loop")
+
 
 class Sites:
     """Two tap-forward sites joined by vxlan:// over a veth underlay (198.18.4.0/24),
