@@ -55,6 +55,8 @@ endpoints:
                          one or more remote VTEPs: the Linux kernel's vxlan,
                          Open vSwitch, another tap-forward. VXLAN adds 50 bytes:
                          give the TAPs an MTU of the path's minus 50 (--mtu).
+                         &srcport=MIN-MAX: outer source ports from a hash of
+                         each inner flow, for ECMP underlays (RFC 7348 5)
   udp://REMOTE:PORT[?local=ADDR:PORT]
                          raw frames, one per datagram (QEMU's -netdev dgram)
                          IPv6 addresses go in brackets: udp://[::1]:5555

@@ -6,6 +6,9 @@
  *   segment(frame, prefix)    greentap.core.segment.segment, its segments joined,
  *                             each behind `prefix` (a VXLAN header, or nothing)
  *   coalesce(frames)          greentap.core.coalesce.coalesce
+ *   merge_datagrams(...)      greentap.core.coalesce.python_merge_datagrams: the
+ *                             datagrams of a batch of reads checked (VXLAN header
+ *                             or runt), opened and merged
  * The Python modules are the reference: every check here is one there, in
  * the same order, so both accept and refuse the same input (the twin tests
  * in tests/unit/test_offload_twins.py compare them on random and damaged
@@ -405,32 +408,21 @@ build(const Seg *segs, const Held *h, const Py_ssize_t *owner, Py_ssize_t nsegs)
     return out;
 }
 
+/* Merge segs[0..n) (p and len set): the list of frames behind vnet headers. */
 static PyObject *
-coalesce(PyObject *self, PyObject *arg)
+coalesce_segs(Seg *segs, Py_ssize_t n)
 {
-    PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of frames");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0;
     PyObject *result = NULL;
-    Py_buffer *views = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
-    Seg *segs = PyMem_Calloc(n ? n : 1, sizeof(Seg));
     Held *held = PyMem_Calloc(n ? n : 1, sizeof(Held));  /* indexed by first frame */
     Py_ssize_t *owner = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));
     Py_ssize_t *live = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));  /* held frames' firsts */
     Py_ssize_t nlive = 0, outputs = 0;
-    if (!views || !segs || !held || !owner || !live) {
+    if (!held || !owner || !live) {
         PyErr_NoMemory();
         goto done;
     }
-    for (; got < n; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0)
-            goto done;
-    }
     for (Py_ssize_t k = 0; k < n; k++) {
         Seg *s = &segs[k];
-        s->p = views[k].buf;
-        s->len = views[k].len;
         parse(s);
         owner[k] = -1;  /* an output of its own */
         if (!s->tcp) {
@@ -499,15 +491,129 @@ coalesce(PyObject *self, PyObject *arg)
         PyList_SET_ITEM(result, i++, item);
     }
 done:
+    PyMem_Free(held);
+    PyMem_Free(owner);
+    PyMem_Free(live);
+    return result;
+}
+
+static PyObject *
+coalesce(PyObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of frames");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0;
+    PyObject *result = NULL;
+    Py_buffer *views = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
+    Seg *segs = PyMem_Calloc(n ? n : 1, sizeof(Seg));
+    if (!views || !segs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0)
+            goto done;
+        segs[got].p = views[got].buf;
+        segs[got].len = views[got].len;
+    }
+    result = coalesce_segs(segs, n);
+done:
     for (Py_ssize_t k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
     PyMem_Free(views);
     PyMem_Free(segs);
-    PyMem_Free(held);
-    PyMem_Free(owner);
-    PyMem_Free(live);
     Py_DECREF(seq);
     return result;
+}
+
+/* ---- datagrams ----------------------------------------------------------- */
+
+#define VXLAN_HLEN 8
+#define VXLAN_FLAG_I 0x08
+
+/*
+ * merge_datagrams(buffer, spans, vni) -> (frames, rx, rx_bytes, short, no_i_flag, wrong_vni)
+ *
+ * spans: (offset, length, size) per read into buffer, each `length` bytes of
+ * datagrams of `size` bytes but the last (UDP GRO).  vni >= 0: VXLAN, each
+ * datagram's header checked (greentap.core.vxlan.decode); vni < 0: raw UDP,
+ * a datagram under an Ethernet header is a runt (counted as `short`).
+ */
+static PyObject *
+merge_datagrams(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    PyObject *spans_arg;
+    long vni;
+    if (!PyArg_ParseTuple(args, "y*Ol", &b, &spans_arg, &vni))
+        return NULL;
+    PyObject *spans = NULL, *frames = NULL, *out = NULL;
+    Seg *segs = NULL;
+    Py_ssize_t nsegs = 0, cap = 0, rx_bytes = 0, shorts = 0, no_i = 0, wrong = 0;
+    spans = PySequence_Fast(spans_arg, "spans: a sequence of (offset, length, size)");
+    if (spans == NULL)
+        goto done;
+    Py_ssize_t nspans = PySequence_Fast_GET_SIZE(spans);
+    for (Py_ssize_t i = 0; i < nspans; i++) {
+        Py_ssize_t off, len, size;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(spans, i), "nnn", &off, &len, &size))
+            goto done;
+        if (off < 0 || len < 0 || off > b.len || len > b.len - off) {
+            PyErr_SetString(PyExc_ValueError, "a span outside the buffer");
+            goto done;
+        }
+        if (size <= 0)
+            size = len > 0 ? len : 1;
+        Py_ssize_t count = len > 0 ? (len + size - 1) / size : 1;  /* an empty one is one too */
+        if (nsegs + count > cap) {
+            Py_ssize_t want = (nsegs + count) * 2;
+            Seg *grown = PyMem_Realloc(segs, want * sizeof(Seg));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            segs = grown;
+            cap = want;
+        }
+        for (Py_ssize_t at = 0; at < count; at++) {
+            const unsigned char *d = (const unsigned char *)b.buf + off + at * size;
+            Py_ssize_t dlen = len - at * size < size ? len - at * size : size;
+            if (vni >= 0) {
+                if (dlen < VXLAN_HLEN + ETH_HLEN) {
+                    shorts++;
+                    continue;
+                }
+                if (!(d[0] & VXLAN_FLAG_I)) {
+                    no_i++;
+                    continue;
+                }
+                if ((long)(be32(d + 4) >> 8) != vni) {
+                    wrong++;
+                    continue;
+                }
+                d += VXLAN_HLEN;
+                dlen -= VXLAN_HLEN;
+            } else if (dlen < ETH_HLEN) {
+                shorts++;
+                continue;
+            }
+            memset(&segs[nsegs], 0, sizeof(Seg));
+            segs[nsegs].p = d;
+            segs[nsegs].len = dlen;
+            rx_bytes += dlen;
+            nsegs++;
+        }
+    }
+    frames = coalesce_segs(segs, nsegs);
+    if (frames == NULL)
+        goto done;
+    out = Py_BuildValue("(Nnnnnn)", frames, nsegs, rx_bytes, shorts, no_i, wrong);
+done:
+    Py_XDECREF(spans);
+    PyMem_Free(segs);
+    PyBuffer_Release(&b);
+    return out;
 }
 
 static PyObject *
@@ -529,6 +635,10 @@ static PyMethodDef methods[] = {
     {"coalesce", coalesce, METH_O,
      "coalesce(frames) -> list[bytearray]\n\ngreentap.core.coalesce.coalesce: TCP segments "
      "of one flow merged into super-frames, every frame behind a vnet header."},
+    {"merge_datagrams", merge_datagrams, METH_VARARGS,
+     "merge_datagrams(buffer, spans, vni) -> (frames, rx, rx_bytes, short, no_i_flag, "
+     "wrong_vni)\n\ngreentap.core.coalesce.merge_datagrams: the datagrams read into buffer "
+     "(spans of (offset, length, size)) checked, opened and merged."},
     {"set_segment_error", set_segment_error, METH_O,
      "set_segment_error(cls)\n\nThe exception segment() raises for a frame it refuses."},
     {NULL, NULL, 0, NULL},

@@ -35,11 +35,12 @@ import struct
 from collections.abc import Iterable
 
 from greentap.core import kernel_constants as kc
+from greentap.core import vxlan
 from greentap.core._accel import offload
 from greentap.core.checksum import ones_complement_sum
 from greentap.core.segment import GSO_TCPV4, GSO_TCPV6
 
-__all__ = ["PLAIN_HEADER", "coalesce", "merge"]
+__all__ = ["PLAIN_HEADER", "coalesce", "merge", "merge_datagrams", "python_merge_datagrams"]
 
 PLAIN_HEADER = bytes(kc.VIRTIO_NET_HDR_SIZE)  # a finished frame: nothing for the TAP to do
 _VNET = struct.Struct("=BBHHHH")
@@ -239,5 +240,55 @@ def coalesce(frames: Iterable[Frame]) -> list[bytearray]:
     return [item.output() if isinstance(item, _Held) else item for item in out]
 
 
-# The C twin where it was built (greentap/core/_offload.c); the same results.
+def python_merge_datagrams(
+    buffer: bytes | bytearray | memoryview, spans: Iterable[tuple[int, int, int]], vni: int
+) -> tuple[list[bytearray], int, int, int, int, int]:
+    """Check, open and merge the datagrams of a batch of reads into ``buffer``.
+
+    Args:
+        buffer: what the reads filled.
+        spans: ``(offset, length, size)`` per read: ``length`` bytes of
+            datagrams of ``size`` bytes but the last (UDP GRO joins them).
+        vni: VXLAN's network identifier, each datagram's header checked
+            (:func:`greentap.core.vxlan.decode`); or -1 for raw UDP, where a
+            datagram shorter than an Ethernet header is a runt.
+
+    Returns:
+        ``(frames, rx, rx_bytes, short, no_i_flag, wrong_vni)``: the frames
+        behind vnet headers (:func:`coalesce`), how many frames and bytes the
+        datagrams held, and the datagrams dropped by reason (a runt counts as
+        ``short``).
+
+    Raises:
+        ValueError: a span outside ``buffer``.
+    """
+    view = memoryview(buffer)
+    frames: list[memoryview] = []
+    counts = {vxlan.SHORT: 0, vxlan.NO_I_FLAG: 0, vxlan.WRONG_VNI: 0}
+    size_total = 0
+    for offset, length, size in spans:
+        if offset < 0 or length < 0 or offset > len(view) or length > len(view) - offset:
+            raise ValueError("a span outside the buffer")
+        if size <= 0:
+            size = length or 1
+        for at in range(0, max(length, 1), size):  # an empty datagram is one too
+            datagram = view[offset + at : offset + min(at + size, length)]
+            if vni >= 0:
+                start, reason = vxlan.decode(datagram, vni)
+                if reason is not None:
+                    counts[reason] += 1
+                    continue
+                datagram = datagram[start:]
+            elif len(datagram) < kc.ETH_HLEN:
+                counts[vxlan.SHORT] += 1
+                continue
+            frames.append(datagram)
+            size_total += len(datagram)
+    merged = coalesce(frames)
+    return (merged, len(frames), size_total, counts[vxlan.SHORT], counts[vxlan.NO_I_FLAG],
+            counts[vxlan.WRONG_VNI])  # fmt: skip
+
+
+# The C twins where they were built (greentap/core/_offload.c); the same results.
 merge = offload.coalesce if offload is not None else coalesce
+merge_datagrams = offload.merge_datagrams if offload is not None else python_merge_datagrams

@@ -30,7 +30,7 @@ _POLICING = frozenset({"rate", "burst"})  # an ingress rate limit, on every port
 #: Options each endpoint kind accepts in its ``?key=value`` part.
 OPTIONS: dict[str, frozenset[str]] = {
     "tap": frozenset({"netns"}) | _POLICING,
-    "vxlan": frozenset({"vni", "remote", "local"}) | _POLICING,
+    "vxlan": frozenset({"vni", "remote", "local", "srcport"}) | _POLICING,
     "udp": frozenset({"local"}) | _POLICING,
     "pcap": frozenset({"snaplen", "rotate", "keep"}),
     "fd": _POLICING,
@@ -40,7 +40,7 @@ OPTIONS: dict[str, frozenset[str]] = {
 REPEATABLE = frozenset({"remote"})
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
-    "[&local=ADDR:PORT], udp://REMOTE:PORT[?local=ADDR:PORT] or "
+    "[&local=ADDR:PORT][&srcport=MIN-MAX], udp://REMOTE:PORT[?local=ADDR:PORT] or "
     "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N], packet:IFNAME[?netns=NS&qdisc=bypass|use] "
     "or fd:N; "
     "any but pcap also takes [&]rate=PPS[&burst=N]"
@@ -213,7 +213,21 @@ def _parse_tunnel(kind: str, text: str) -> EndpointSpec:
         if "vni" not in options:
             raise _error(text, f"needs ?vni=N (0 to {MAX_VNI})")
         parsed["vni"] = _number(text, "vni", options.pop("vni"), lambda v: parse_int(v, 0, MAX_VNI))
+        if "srcport" in options:
+            parsed["srcport"] = _port_range(text, options.pop("srcport"))
     return EndpointSpec(kind, text, parsed, text)
+
+
+def _port_range(text: str, value: str) -> tuple[int, int]:
+    """``MIN-MAX``: UDP ports, 1 to 65535, MIN not above MAX."""
+    low, dash, high = value.partition("-")
+    if not dash:
+        raise _error(text, f"srcport {value!r}: expected MIN-MAX, e.g. 49152-65535")
+    first = _number(text, "srcport", low, lambda v: parse_int(v, 1, 65535))
+    last = _number(text, "srcport", high, lambda v: parse_int(v, 1, 65535))
+    if first > last:
+        raise _error(text, f"srcport {value!r}: {first} is above {last}")
+    return first, last
 
 
 def _parse_pcap(text: str) -> EndpointSpec:

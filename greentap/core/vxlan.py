@@ -11,6 +11,7 @@ Reserved bits are ignored on receipt, as the RFC says.
 from __future__ import annotations
 
 import struct
+import zlib
 
 from greentap.core.kernel_constants import ETH_HLEN
 
@@ -81,3 +82,36 @@ def decode(
     if reason is not None:
         return None, reason
     return HEADER_SIZE, None
+
+
+def flow_hash(frame: bytes | bytearray | memoryview) -> int:
+    """A 32-bit hash of the inner frame's flow, for the outer UDP source port.
+
+    RFC 7348 section 5 asks for a source port from a hash of the inner
+    packet, so that ECMP underlays spread tunnels; like the kernel's flow
+    dissector it covers the MAC addresses, the IP addresses and the TCP or UDP
+    ports (not those of a later fragment), behind any VLAN tags.
+    """
+    at, end = ETH_HLEN - 2, len(frame)
+    while at + 2 <= end and frame[at : at + 2] in (b"\x81\x00", b"\x88\xa8"):
+        at += 4
+    key = bytes(frame[:12])
+    ip = at + 2
+    if at + 2 <= end:
+        ethertype = frame[at] << 8 | frame[at + 1]
+        if ethertype == 0x0800 and ip + 20 <= end:
+            ihl = (frame[ip] & 0xF) * 4
+            key += bytes(frame[ip + 12 : ip + 20])
+            first = (frame[ip + 6] << 8 | frame[ip + 7]) & 0x1FFF == 0
+            if frame[ip + 9] in (6, 17) and first and ip + ihl + 4 <= end:
+                key += bytes(frame[ip + ihl : ip + ihl + 4])
+        elif ethertype == 0x86DD and ip + 40 <= end:
+            key += bytes(frame[ip + 8 : ip + 40])
+            if frame[ip + 6] in (6, 17) and ip + 44 <= end:
+                key += bytes(frame[ip + 40 : ip + 44])
+    # CRC-32 is linear: flows a port apart differ in few bits.  Murmur3's
+    # finalizer spreads them over all 32, the top ones included.
+    h = zlib.crc32(key)
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)

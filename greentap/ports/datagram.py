@@ -47,7 +47,7 @@ from greentap.errors import EndpointClosed, EndpointSyntaxError, EndpointUnavail
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.ports.superframes import MAX_DATAGRAM, Address, SuperFrames
 
-__all__ = ["MAX_DATAGRAM", "Address", "DatagramPort", "format_addr", "resolve"]
+__all__ = ["MAX_DATAGRAM", "Address", "DatagramPort", "format_addr", "resolve", "source_sockets"]
 
 _IP_PMTUDISC_DO = 2  # linux/in.h
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -164,9 +164,11 @@ class DatagramPort(SuperFrames):
                 continue
             return nbytes, sender
 
-    def _read_error_queue(self) -> None:
-        """Take every ICMP error the kernel queued; report the remotes they name."""
-        sock = self._io.holder.handle
+    def _read_error_queue(self, sock: Any = None) -> None:
+        """Take every ICMP error the kernel queued on ``sock`` (default: the port's
+        socket); report the remotes they name."""
+        if sock is None:
+            sock = self._io.holder.handle
         while isinstance(sock, _socket.socket):
             try:
                 _, ancillary, _, about = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
@@ -203,14 +205,15 @@ class DatagramPort(SuperFrames):
         self.counters.rx_bytes += n
         return n
 
-    def _sendmsg(self, buffers: Sequence[Any], size: int, addr: Address) -> bool:
-        sock = self._io.holder.handle
+    def _sendmsg(self, buffers: Sequence[Any], size: int, addr: Address, sock: Any = None) -> bool:
         if sock is None:
-            raise EndpointClosed(endpoint=self.name)
+            sock = self._io.holder.handle
+            if sock is None:
+                raise EndpointClosed(endpoint=self.name)
         try:
-            sock.sendmsg(buffers, (), 0, addr)  # type: ignore[union-attr]
+            sock.sendmsg(buffers, (), 0, addr)
         except OSError as exc:
-            return self._send_failed(exc, addr, 1)
+            return self._send_failed(exc, addr, 1, sock)
         self._sent(addr, 1, size)
         return True
 
@@ -220,7 +223,7 @@ class DatagramPort(SuperFrames):
         if self._unreachable and addr in self._unreachable and addr not in self._refused:
             self._heard(addr)  # the route is back (a refusal is lifted by a datagram only)
 
-    def _send_failed(self, exc: OSError, addr: Address, packets: int) -> bool:
+    def _send_failed(self, exc: OSError, addr: Address, packets: int, sock: Any = None) -> bool:
         """Count a send the kernel refused (``packets`` datagrams); always False."""
         if self._io.closed:
             raise EndpointClosed(endpoint=self.name) from exc
@@ -231,17 +234,51 @@ class DatagramPort(SuperFrames):
             return False
         self.counters.tx_errors += packets
         if exc.errno == errno.ECONNREFUSED:  # an ICMP error this send picked up
-            self._read_error_queue()
+            self._read_error_queue(sock)
         elif verdict in (Verdict.UNREACHABLE, Verdict.LINK_DOWN):  # no route, way down
             self._unreachable_now(addr, exc.strerror or str(exc))
         return False
+
+    def _sender(self, frame: Any) -> Any:
+        """The socket a frame (no vnet header) leaves by; None: the port's own."""
+        return None
 
     def close(self) -> None:
         """Close the socket; a greenlet blocked in recv_into gets EndpointClosed."""
         self._io.close("endpoint was closed")
 
 
-def _bind(name: str, family: int, laddr: Address) -> _socket.socket:
+def source_sockets(
+    name: str, family: int, host: str, ports: tuple[int, int], *, most: int
+) -> list[_socket.socket]:
+    """Sockets bound to ``most`` ports spread over ``ports`` (both ends included).
+
+    A port in use is skipped (an operator's range may overlap other services).
+
+    Raises:
+        EndpointUnavailable: no port of the range could be bound.
+    """
+    first, last = ports
+    count = min(most, last - first + 1)
+    wanted = sorted({first + (i * (last - first)) // max(count - 1, 1) for i in range(count)})
+    socks, error = [], None
+    for port in wanted:
+        try:
+            sock = _bind(name, family, (host, port), receive_buffer=0)
+        except EndpointUnavailable as exc:
+            error = exc
+            continue
+        socks.append(sock)
+    if not socks:
+        raise EndpointUnavailable(
+            f"no source port of {first}-{last} could be bound ({error})", endpoint=name
+        )
+    return socks
+
+
+def _bind(
+    name: str, family: int, laddr: Address, *, receive_buffer: int = 4 << 20
+) -> _socket.socket:
     sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
@@ -254,7 +291,7 @@ def _bind(name: str, family: int, laddr: Address) -> _socket.socket:
             if opt is None:
                 continue
             try:  # room for bursts; FORCE works as root, the plain one is capped
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, opt, receive_buffer)  # 0: the least
                 break
             except OSError:
                 continue

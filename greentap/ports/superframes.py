@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from greentap.core import kernel_constants as kc
-from greentap.core.coalesce import merge
+from greentap.core.coalesce import merge_datagrams
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.segment import SegmentError, cut, finished
 from greentap.errors import EndpointClosed
@@ -46,6 +46,7 @@ BATCH = 64  # frames read back to back, and merged, before they are handed on
 
 _recvmsg_into = _socket.socket.recvmsg_into
 _GRO_SPACE = socket.CMSG_SPACE(4)  # the UDP_GRO control message: an int, the datagram size
+_READ = MAX_DATAGRAM + 1024  # room for one read: a datagram, or what GRO joined
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 
@@ -58,11 +59,14 @@ class SuperFrames(Port):
 
     Subclasses provide the socket (``_io``), what goes before each frame
     (``_prefix``), where a frame goes (:meth:`_targets`), what a datagram
-    holds (:meth:`_decap`), and the plain sends and counting.
+    comes from whom (:meth:`_admit`), the VNI to check (``_vni``, -1 for none)
+    and the plain sends and counting.
     """
 
     _io: GreenFd
     _prefix: bytes
+    _vni = -1  # the VNI each datagram's VXLAN header must carry; -1: no header
+    _short = "rx_runt"  # what a datagram too short for a frame is counted as
     drops: collections.Counter[str]
     gso = False  # sends use UDP_SEGMENT
     gro = False  # the socket has UDP_GRO
@@ -79,7 +83,7 @@ class SuperFrames(Port):
             self.gro = True
         except OSError:  # a kernel before 5.0: datagrams one by one, merged all the same
             pass
-        self._rx = bytearray(MAX_DATAGRAM + 1024)  # a GRO read: up to 64 KiB of datagrams
+        self._rx = bytearray(4 * _READ)  # a batch of reads, each with room for 64 KiB
         self._rx_view = memoryview(self._rx)
         self._pending: collections.deque[bytearray] = collections.deque()
 
@@ -88,19 +92,27 @@ class SuperFrames(Port):
         """The remotes a frame (no vnet header) goes to."""
         raise NotImplementedError
 
-    def _decap(self, datagram: memoryview, sender: Any) -> memoryview | None:  # pragma: no cover
-        """The frame in one datagram, or None (dropped and counted)."""
+    def _admit(
+        self, sender: Any, data: memoryview, size: int, count: int
+    ) -> bool:  # pragma: no cover
+        """Whether the ``count`` datagrams of one read (``size`` bytes each but the
+        last) came from a remote; if not they are dropped and counted here."""
         raise NotImplementedError
 
-    def _sendmsg(
-        self, buffers: Sequence[Any], size: int, addr: Address
-    ) -> bool:  # pragma: no cover
+    def _sendmsg(  # pragma: no cover - interface
+        self, buffers: Sequence[Any], size: int, addr: Address, sock: Any = None
+    ) -> bool:
+        raise NotImplementedError
+
+    def _sender(self, frame: Any) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
     def _sent(self, addr: Address, packets: int, size: int) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def _send_failed(self, exc: OSError, addr: Address, packets: int) -> bool:  # pragma: no cover
+    def _send_failed(  # pragma: no cover - interface
+        self, exc: OSError, addr: Address, packets: int, sock: Any = None
+    ) -> bool:
         raise NotImplementedError
 
     def _accept(self, n: int) -> int:  # pragma: no cover - interface
@@ -109,15 +121,15 @@ class SuperFrames(Port):
     def _drop(self, reason: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _read_error_queue(self) -> None:  # pragma: no cover - interface
+    def _read_error_queue(self, sock: Any = None) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def _recv_merged(self, buffer: bytearray | memoryview) -> int:
         """Read the next frame, with its vnet header, into ``buffer``; return its length.
 
         Frames come from batches: one (GRO) read waited for, then as many as
-        are there without waiting, up to :data:`BATCH` frames, merged
-        (:func:`~greentap.core.coalesce.coalesce`).
+        are there without waiting, up to :data:`BATCH` datagrams, checked,
+        opened and merged (:func:`~greentap.core.coalesce.merge_datagrams`).
         """
         pending = self._pending
         while not pending:
@@ -128,32 +140,43 @@ class SuperFrames(Port):
         return n
 
     def _fill(self) -> None:
-        """Read one batch: at most :data:`BATCH` datagrams, whatever they hold, so a
-        flood of garbage cannot hold back the frames read before it."""
-        frames: list[bytes] = []
-        datagrams = 0
-        got = self._read_batch(wait=True)
+        """Read one batch and merge it: at most :data:`BATCH` datagrams, whatever they
+        hold (a flood of garbage cannot hold back the frames read before it), laid
+        one read after another in the receive buffer while a read still fits."""
+        rx, spans, used, datagrams = self._rx_view, [], 0, 0
+        got = self._read_batch(rx[:_READ], wait=True)
         while got is not None:
             n, size, sender = got
-            view = self._rx_view
-            for at in range(0, max(n, 1), max(size, 1)):  # an empty datagram is one too
-                datagrams += 1
-                inner = self._decap(view[at : min(at + size, n)], sender)
-                if inner is not None:
-                    frames.append(bytes(inner))
-                    self._accept(len(inner))
-            if datagrams >= BATCH:
+            count = -(-n // size) if n else 1  # an empty datagram is one too
+            datagrams += count
+            if self._admit(sender, rx[used : used + n], size, count):
+                spans.append((used, n, size))
+                used += n
+            if datagrams >= BATCH or len(rx) - used < _READ:
                 break
-            got = self._read_batch(wait=False)
-        if frames:
-            self._pending.extend(merge(frames))
+            got = self._read_batch(rx[used : used + _READ], wait=False)
+        if not spans:
+            return
+        frames, accepted, size_total, short, no_i_flag, wrong_vni = merge_datagrams(
+            self._rx, spans, self._vni
+        )
+        counters = self.counters
+        counters.rx_packets += accepted
+        counters.rx_bytes += size_total
+        for reason, many in ((self._short, short), ("rx_no_i_flag", no_i_flag),
+                             ("rx_wrong_vni", wrong_vni)):  # fmt: skip
+            if many:
+                self.drops[reason] += many
+                counters.rx_errors += many
+        self._pending.extend(frames)
 
-    def _read_batch(self, *, wait: bool) -> tuple[int, int, Any] | None:
-        """One read of a datagram, or of many that GRO joined: ``(n, datagram size, sender)``.
+    def _read_batch(self, buffer: memoryview, *, wait: bool) -> tuple[int, int, Any] | None:
+        """One read into ``buffer`` of a datagram, or of many that GRO joined:
+        ``(n, datagram size, sender)``.
 
         Returns None when ``wait`` is False and nothing is there.
         """
-        io, buffers = self._io, (self._rx,)
+        io, buffers = self._io, (buffer,)
         while True:
             try:
                 if wait:
@@ -213,37 +236,41 @@ class SuperFrames(Port):
         prefix = self._prefix
         buffers = (prefix, frame) if prefix else (frame,)
         size = len(prefix) + len(frame)
+        sock = self._sender(frame)
         sent = False
         for addr in self._targets(frame):
-            sent = self._sendmsg(buffers, size, addr) or sent
+            sent = self._sendmsg(buffers, size, addr, sock) or sent
         return sent
 
     def _send_segments(self, joined: memoryview, each: int) -> bool:
         """Send datagrams of ``each`` bytes (the last may be shorter) laid end to end
         in ``joined``, up to 64 per ``sendmsg``."""
         step = max(1, min(kc.UDP_MAX_SEGMENTS, MAX_DATAGRAM // each)) * each
+        first = joined[len(self._prefix) :]
+        sock = self._sender(first)
         sent = False
-        for addr in self._targets(joined[len(self._prefix) :]):
+        for addr in self._targets(first):
             for start in range(0, len(joined), step):
                 chunk = joined[start : start + step]
                 if self.gso and len(chunk) > each:
-                    done = self._send_gso(chunk, each, addr)
+                    done = self._send_gso(chunk, each, addr, sock)
                     if done is not None:
                         sent = done or sent
                         continue
                 for at in range(0, len(chunk), each):  # one by one: no GSO, or to learn which
                     datagram = chunk[at : at + each]
-                    sent = self._sendmsg((datagram,), len(datagram), addr) or sent
+                    sent = self._sendmsg((datagram,), len(datagram), addr, sock) or sent
         return sent
 
-    def _send_gso(self, chunk: memoryview, each: int, addr: Address) -> bool | None:
+    def _send_gso(self, chunk: memoryview, each: int, addr: Address, sock: Any) -> bool | None:
         """One ``sendmsg`` with ``UDP_SEGMENT``; None: send these one by one instead."""
-        sock = self._io.holder.handle
         if sock is None:
-            raise EndpointClosed(endpoint=self.name)
+            sock = self._io.holder.handle
+            if sock is None:
+                raise EndpointClosed(endpoint=self.name)
         count = -(-len(chunk) // each)
         try:
-            sock.sendmsg((chunk,), [(kc.SOL_UDP, kc.UDP_SEGMENT, _GSO_SIZE.pack(each))], 0, addr)  # type: ignore[union-attr]
+            sock.sendmsg((chunk,), [(kc.SOL_UDP, kc.UDP_SEGMENT, _GSO_SIZE.pack(each))], 0, addr)
         except OSError as exc:
             if self._io.closed:
                 raise EndpointClosed(endpoint=self.name) from exc
@@ -254,7 +281,7 @@ class SuperFrames(Port):
                 return None
             if exc.errno in (errno.EINVAL, errno.EMSGSIZE):  # over the path MTU: each says so
                 return None
-            return self._send_failed(exc, addr, count)
+            return self._send_failed(exc, addr, count, sock)
         self._sent(addr, count, len(chunk))
         return True
 

@@ -19,10 +19,21 @@ from greentap.core.endpoints import EndpointSpec
 from greentap.core.ethernet import format_mac
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import MacTable
-from greentap.ports.datagram import MAX_DATAGRAM, Address, DatagramPort, format_addr, resolve
+from greentap.ports.datagram import (
+    MAX_DATAGRAM,
+    Address,
+    DatagramPort,
+    format_addr,
+    resolve,
+    source_sockets,
+)
 from greentap.ports.registry import OpenOptions, register
 
-__all__ = ["MAX_DATAGRAM", "DatagramPort", "UdpPort", "VxlanPort", "resolve"]
+__all__ = ["MAX_DATAGRAM", "SOURCE_PORTS", "DatagramPort", "UdpPort", "VxlanPort", "resolve"]
+
+#: Sockets a ``srcport`` range is spread over: enough entropy for ECMP
+#: underlays, few enough descriptors.
+SOURCE_PORTS = 16
 
 
 class UdpPort(DatagramPort):
@@ -61,16 +72,14 @@ class UdpPort(DatagramPort):
     def _targets(self, frame: Any) -> Sequence[Address]:
         return self._peers
 
-    def _decap(self, datagram: memoryview, sender: Any) -> memoryview | None:
+    def _admit(self, sender: Any, data: memoryview, size: int, count: int) -> bool:
         if sender[:2] != self._peer:
-            self._drop("rx_unknown_sender")
-            return None
+            self.drops["rx_unknown_sender"] += count
+            self.counters.rx_errors += count
+            return False
         if self._unreachable:
             self._heard(self._peer)
-        if len(datagram) < ETH_HLEN:
-            self._drop("rx_runt")
-            return None
-        return datagram
+        return True
 
 
 class VxlanPort(DatagramPort):
@@ -86,6 +95,10 @@ class VxlanPort(DatagramPort):
         vni: the VXLAN network identifier (24 bits).
         local: ``(host, port)`` to bind; default the wildcard address on 4789.
         aging, max_entries: of the table of MAC -> remote.
+        srcport: ``(min, max)``: send from source ports in this range, one per
+            inner flow (RFC 7348 section 5), over :data:`SOURCE_PORTS` sockets
+            bound to ports spread across it; receiving stays on ``local``.
+            None: send from ``local``'s port.
     """
 
     kind = "vxlan"
@@ -99,20 +112,58 @@ class VxlanPort(DatagramPort):
         *,
         aging: float = 300.0,
         max_entries: int = 8192,
+        srcport: tuple[int, int] | None = None,
         **kw: Any,
     ) -> None:
         self.vni = vni
         self._header = vxlan.header(vni)
         super().__init__(name, remotes, local, default_port=vxlan.VXLAN_PORT, **kw)
         self._prefix = self._header
+        self._vni, self._short = vni, f"rx_{vxlan.SHORT}"
         self._remote_hosts = {addr[0]: i for i, addr in enumerate(self.remotes)}
         self._table = MacTable(aging=aging, max_entries=max_entries)
         self._hdr_buf = bytearray(vxlan.HEADER_SIZE)
         self._learn = len(self.remotes) > 1  # with one remote there is nothing to learn
+        self.srcport = srcport
+        self._sources: list[Any] = []
+        if srcport is not None:
+            try:
+                self._sources = source_sockets(
+                    name, self.family, self.local[0], srcport, most=SOURCE_PORTS
+                )
+            except BaseException:
+                self.close()
+                raise
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
-        return {**super().describe(), "vni": self.vni}
+        info = {**super().describe(), "vni": self.vni}
+        if self.srcport is not None:
+            info["srcport"] = f"{self.srcport[0]}-{self.srcport[1]}"
+            info["source_ports"] = [s.getsockname()[1] for s in self._sources]
+        return info
+
+    def _sender(self, frame: Any) -> Any:
+        sources = self._sources
+        if not sources:
+            return None
+        # As the kernel maps its hash onto the range: the top bits pick.
+        return sources[(vxlan.flow_hash(frame) * len(sources)) >> 32]
+
+    def check(self) -> bool:
+        """Read the ICMP errors queued on the source-port sockets (none are read
+        otherwise): a remote that does not listen is reported as for sends from
+        the port's own socket."""
+        for sock in self._sources:
+            self._read_error_queue(sock)
+        return False
+
+    def close(self) -> None:
+        """Close the sockets; harmless if already closed."""
+        sources, self._sources = self._sources, []
+        for sock in sources:
+            sock.close()
+        super().close()
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Read one decapsulated frame into ``buffer``; return its length.
@@ -153,24 +204,22 @@ class VxlanPort(DatagramPort):
                 return (self.remotes[remote],)
         return self.remotes
 
-    def _decap(self, datagram: memoryview, sender: Any) -> memoryview | None:
+    def _admit(self, sender: Any, data: memoryview, size: int, count: int) -> bool:
         remote = self._remote_hosts.get(sender[0])
         if remote is None:
-            self._drop("rx_unknown_sender")
-            return None
+            self.drops["rx_unknown_sender"] += count
+            self.counters.rx_errors += count
+            return False
         if self._unreachable:
             self._heard(self.remotes[remote])
-        size = vxlan.HEADER_SIZE
-        if len(datagram) < size + ETH_HLEN:
-            self._drop(f"rx_{vxlan.SHORT}")
-            return None
-        reason = vxlan.check_header(datagram[:size], self.vni)
-        if reason is not None:
-            self._drop(f"rx_{reason}")
-            return None
-        if self._learn and not datagram[size + 6] & 1:
-            self._table.learn(bytes(datagram[size + 6 : size + 12]), remote, self._hub.loop.now())
-        return datagram[size:]
+        if self._learn:  # which remote each inner source MAC lives behind
+            now, at = self._hub.loop.now(), vxlan.HEADER_SIZE
+            for start in range(0, len(data), size):
+                datagram = data[start : start + size]
+                valid = vxlan.decode(datagram, self.vni)[1] is None
+                if valid and not datagram[at + 6] & 1:
+                    self._table.learn(bytes(datagram[at + 6 : at + 12]), remote, now)
+        return True
 
     def mac_table(self) -> list[tuple[str, str, float]]:
         """Return ``[(mac, remote "host:port", age)]`` learned on this tunnel."""
@@ -186,7 +235,7 @@ def _open_vxlan(spec: EndpointSpec, options: OpenOptions) -> VxlanPort:
     opts = spec.options
     return VxlanPort(
         spec.name, opts["remotes"], opts["vni"], opts.get("local"), hub=options.hub,
-        offload=options.offload,
+        offload=options.offload, srcport=opts.get("srcport"),
     )  # fmt: skip
 
 

@@ -188,3 +188,48 @@ def capless_python(ns, code):
         check=False,
         env=python_env(),
     )
+
+
+@pytest.fixture
+def forwarder_in(tmp_path):
+    """Start tap-forward inside a namespace (as `ip netns exec NS tap-forward ...`)."""
+    from tests.privileged.topology import TapForward  # it imports this module
+
+    started = []
+
+    def start(ns, *args):
+        tf = TapForward(*args, tmp_path=tmp_path, netns=ns.name)
+        started.append(tf)
+        tf.wait_for("forwarding")
+        return tf
+
+    yield start
+    for tf in started:
+        tf.stop()
+
+
+VNI = 42
+
+
+@pytest.fixture
+def kernel_vtep(make_netns, forwarder_in):
+    """Namespace K with a kernel vxlan device; tap-forward in F bridges it to a TAP in B."""
+    from tests.privileged.topology import Host, underlay  # they import this module
+
+    k, f, b_ns = make_netns(), make_netns(), make_netns()
+    uk, _ = underlay(k, f, "198.18.2.1", "198.18.2.2")
+    k.ip(
+        "link", "add", "vx42", "type", "vxlan", "id", str(VNI), "remote", "198.18.2.2",
+        "local", "198.18.2.1", "dstport", "4789", "dev", uk,
+    )  # fmt: skip
+    k.ip("addr", "add", "198.18.3.1/24", "dev", "vx42")
+    k.ip("link", "set", "vx42", "up")
+    # On one host the kernel hands its TCP checksum offload over the veth
+    # unfinished (a real NIC would complete it); a UDP socket cannot see that.
+    k.exec("ethtool", "-K", "vx42", "tx", "off")
+    b = Host(b_ns, 1)
+    b.ip = "198.18.3.2"
+    endpoint = f"vxlan://198.18.2.1?vni={VNI}&local=198.18.2.2:4789"
+    tf = forwarder_in(f, "--stats", "0", "--mtu", "1450", endpoint, b.endpoint)
+    b.ns.ip("addr", "add", f"{b.ip}/24", "dev", b.tap)
+    return k, b, tf, endpoint, uk

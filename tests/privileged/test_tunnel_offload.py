@@ -2,12 +2,12 @@
 sites and between the kernel's vxlan and tap-forward, with loss on the underlay, with
 a way out that has no checksum offload (UDP GSO turned off), IPv4 and IPv6 inside."""
 
+import re
 import sys
 
 import pytest
 
 from tests.privileged.test_offload import transfer_between as transfer
-from tests.privileged.test_tunnels import forwarder_in, kernel_vtep  # noqa: F401 - fixtures
 from tests.privileged.topology import Host, TapForward, underlay
 
 # Every test here runs with the C offloads and with their pure-Python references
@@ -127,7 +127,7 @@ def test_a_way_out_without_checksum_offload_is_byte_exact(sites):
     assert set(stats[s.tunnels[0]]["drops"]) <= {"tx_gso_off"}
 
 
-def test_the_kernel_vxlan_and_tap_forward_are_byte_exact_both_ways(kernel_vtep):  # noqa: F811
+def test_the_kernel_vxlan_and_tap_forward_are_byte_exact_both_ways(kernel_vtep):
     """A kernel vxlan device on one side, tap-forward with a TAP on the other: 64 MiB
     of TCP each way, byte for byte, through GRO-merged and GSO-cut segments."""
     k, b, tf, endpoint, _ = kernel_vtep
@@ -183,3 +183,40 @@ def test_segments_over_the_path_mtu_are_counted_too_big_and_gso_stays_on(sites):
     assert set(stats["drops"]) == {"tx_too_big"}
     assert tf.count("udp_gso_off") == 0
     assert stats["tx_packets"] >= 3  # the handshake and ACKs did cross
+
+
+def test_srcport_range_interoperates_with_the_kernel_vxlan(make_netns, forwarder_in):
+    """&srcport=50000-50999 towards a kernel vxlan device: ping crosses both ways
+    and a TCP transfer is byte-exact; nftables on the kernel's side counts every
+    VXLAN datagram from tap-forward with a source port inside the range, none
+    outside it."""
+    k, f, b_ns = make_netns(), make_netns(), make_netns()
+    uk, _ = underlay(k, f, "198.18.2.1", "198.18.2.2")
+    k.ip("link", "add", "vx42", "type", "vxlan", "id", "42", "remote", "198.18.2.2",
+         "local", "198.18.2.1", "dstport", "4789", "dev", uk)  # fmt: skip
+    k.ip("addr", "add", "198.18.3.1/24", "dev", "vx42")
+    k.ip("link", "set", "vx42", "up")
+    k.exec("ethtool", "-K", "vx42", "tx", "off")
+    rules = (
+        "add table inet gtsp\n"
+        "add chain inet gtsp in { type filter hook input priority 0; }\n"
+        "add rule inet gtsp in udp dport 4789 udp sport 50000-50999 counter\n"
+        "add rule inet gtsp in udp dport 4789 udp sport != 50000-50999 counter\n"
+    )
+    k.exec("nft", "-f", "-", input=rules)
+    b = Host(b_ns, 1)
+    b.ip = "198.18.3.2"
+    endpoint = "vxlan://198.18.2.1?vni=42&local=198.18.2.2:4789&srcport=50000-50999"
+    tf = forwarder_in(f, "--stats", "0", "--mtu", "1450", endpoint, b.endpoint)
+    b.ns.ip("addr", "add", f"{b.ip}/24", "dev", b.tap)
+    opened = tf.wait_for("endpoint_opened", endpoint=endpoint)
+    assert len(opened["source_ports"]) == 16
+    assert all(50000 <= p <= 50999 for p in opened["source_ports"])
+    for ns, to in ((k, b.ip), (b.ns, "198.18.3.1")):
+        out = ns.exec("ping", "-c", "3", "-i", "0.1", "-W", "2", to, check=False, timeout=30)
+        assert " 0% packet loss" in out.stdout, out.stdout
+    sent, received = transfer(b.ns, k, "198.18.3.1")
+    assert sent == received
+    listing = k.exec("nft", "list", "chain", "inet", "gtsp", "in").stdout
+    inside, outside = [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
+    assert inside > 1000 and outside == 0, listing

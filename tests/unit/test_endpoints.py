@@ -35,6 +35,11 @@ def test_tap_scheme_with_namespace():
         ("pcap:/tmp/x?rate=10", "unknown option 'rate'"),
         ("fd:3?netns=x", "unknown option 'netns'"),
         ("packet:", "names no interface"),
+        ("vxlan://198.18.0.2?vni=1&srcport=5000", "srcport '5000': expected MIN-MAX"),
+        ("vxlan://198.18.0.2?vni=1&srcport=6000-5000", "srcport '6000-5000': 6000 is above"),
+        ("vxlan://198.18.0.2?vni=1&srcport=0-10", "srcport '0': expected a whole number"),
+        ("vxlan://198.18.0.2?vni=1&srcport=1-70000", "srcport '70000'"),
+        ("udp://198.18.0.2:9?srcport=1-2", "unknown option 'srcport'"),
         ("packet:eth0?qdisc=fast", "qdisc 'fast': expected bypass or use"),
         ("packet:eth0?vni=3", "unknown option 'vni'"),
         ("packet:eth0?netns=..", "netns '..'"),
@@ -82,3 +87,10 @@ def test_a_packet_interface_name_is_checked():
     """An interface name too long for Linux is refused, never truncated."""
     with pytest.raises(TapNameTooLong):
         parse_endpoint("packet:" + "x" * 16)
+
+
+def test_vxlan_srcport_range():
+    """&srcport=MIN-MAX on vxlan:// gives the range of outer source ports."""
+    spec = parse_endpoint("vxlan://198.18.0.2?vni=5&srcport=49152-65535")
+    assert spec.options["srcport"] == (49152, 65535)
+    assert "srcport" not in parse_endpoint("vxlan://198.18.0.2?vni=5").options

@@ -38,10 +38,10 @@ def damaged(frame, seed, flips):
     """``frame`` with ``flips`` random bytes replaced, mostly in the headers."""
     rng = random.Random(seed)
     out = bytearray(frame)
-    for _ in range(flips):
+    for _ in range(flips if out else 0):
         at = rng.randrange(min(len(out), 120)) if rng.random() < 0.8 else rng.randrange(len(out))
         out[at] = rng.randrange(256)
-    if rng.random() < 0.2:
+    if out and rng.random() < 0.2:
         del out[rng.randrange(len(out)) :]  # cut short anywhere
     return bytes(out)
 
@@ -123,3 +123,52 @@ def test_merging_agrees_on_a_long_stream():
     pieces = [bytes(p) for f in (first, second) for p in seg.segment(f)]
     assert [bytes(f) for f in C.coalesce(pieces)] == [bytes(f) for f in co.coalesce(pieces)]
     assert len(C.coalesce(pieces)) == 2
+
+
+@TWIN
+@given(
+    lengths=st.lists(st.integers(0, 3000), min_size=1, max_size=3),
+    gso=st.integers(100, 1400),
+    vni=st.sampled_from([-1, 0, 42, (1 << 24) - 1]),
+    seed=st.integers(0, 1 << 32),
+    flips=st.integers(0, 5),
+    grouped=st.integers(1, 8),
+)
+def test_opening_datagrams_agrees(lengths, gso, vni, seed, flips, grouped):
+    """Reads of datagrams (VXLAN or raw UDP; several per read as UDP GRO joins them;
+    some with another VNI, no I flag, short, empty or damaged): the C twin and the
+    Python reference open and merge them into the same frames and counts."""
+    rng = random.Random(seed)
+    header = b"\x08\0\0\0" + struct.pack("!I", max(vni, 0) << 8) if vni >= 0 else b""
+    datagrams = []
+    for n, length in enumerate(lengths):
+        frame, _ = super_frame(rng.randbytes(length), gso, flags=0x10, seq=n << 20)
+        datagrams += [header + bytes(p) for p in seg.segment(frame)]
+    for _ in range(flips):
+        at = rng.randrange(len(datagrams))
+        datagrams[at] = damaged(datagrams[at], rng.randrange(1 << 30), rng.randrange(1, 3))
+    datagrams.insert(rng.randrange(len(datagrams) + 1), b"")
+    if vni >= 0:
+        datagrams.insert(0, b"\0" * 30)  # no I flag
+        datagrams.append(b"\x08\0\0\0" + struct.pack("!I", (vni ^ 1) << 8) + bytes(20))
+    buffer, spans = bytearray(rng.randbytes(rng.randrange(0, 9))), []  # spans need not start at 0
+    while datagrams:
+        take, datagrams = datagrams[:grouped], datagrams[grouped:]
+        size = max(len(d) for d in take) or 1
+        # GRO joins datagrams of one size, the last may be shorter; pad the others.
+        joined = b"".join(d.ljust(size, b"\0") for d in take[:-1]) + take[-1]
+        spans.append((len(buffer), len(joined), size))
+        buffer += joined
+    c = C.merge_datagrams(buffer, spans, vni)
+    python = co.python_merge_datagrams(buffer, spans, vni)
+    assert [bytes(f) for f in c[0]] == [bytes(f) for f in python[0]]
+    assert c[1:] == python[1:]
+
+
+def test_a_span_outside_the_buffer_is_refused_by_both():
+    """A span that reaches past the buffer: ValueError from each, nothing read."""
+    for bad in ([(0, 11, 5)], [(-1, 2, 1)], [(11, 0, 1)]):
+        with pytest.raises(ValueError):
+            C.merge_datagrams(bytes(10), bad, 5)
+        with pytest.raises(ValueError):
+            co.python_merge_datagrams(bytes(10), bad, 5)

@@ -195,3 +195,75 @@ def test_gso_refused_with_eio_is_turned_off_once_and_the_segments_still_leave(cl
     assert dict(a.drops) == {"tx_gso_off": 1}
     assert a.counters.tx_packets == 2 * len(original)
     assert cut(read_until(b, 2 * len(original))) == original * 2
+
+
+def udp_frame(sport, dport=53, src="198.18.0.1", dst="198.18.0.2"):
+    """An Ethernet/IPv4/UDP frame of one flow (checksums do not matter here)."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 4, 0, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return (
+        bytes.fromhex("020000000002020000000001")
+        + b"\x08\x00"
+        + ip
+        + struct.pack("!HHHH", sport, dport, 12, 0)
+        + b"abcd"
+    )
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_srcport_spreads_flows_over_the_range_and_keeps_each_flow_on_one(closing, offload):
+    """&srcport=MIN-MAX: each inner flow leaves from one source port inside the range
+    (RFC 7348 section 5), always the same one; 64 flows use several ports; receiving
+    stays on the bound port, and the remote's replies still arrive there."""
+    remote = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    remote.bind(("127.0.0.1", 0))
+    remote.settimeout(2)
+    closing(remote)
+    port = VxlanPort("v", [remote.getsockname()], 9, ("127.0.0.1", 0), offload=offload,
+                     srcport=(40100, 40400))  # fmt: skip
+    closing(port)
+    vnet = bytes(port.header_size)
+    used = {}
+    for flow in range(64):
+        for _ in range(2):
+            assert port.send(vnet + udp_frame(1000 + flow)) is True
+            data, (_, sport) = remote.recvfrom(2000)
+            assert data == vxlan.header(9) + udp_frame(1000 + flow)
+            assert 40100 <= sport <= 40400
+            assert used.setdefault(flow, sport) == sport  # the same flow, the same port
+    assert len(set(used.values())) >= 8
+    assert set(used.values()) <= set(port.describe()["source_ports"])
+    assert len(port.describe()["source_ports"]) == 16
+    remote.sendto(vxlan.header(9) + udp_frame(7), port.local)
+    buf = bytearray(port.max_frame_size)
+    with gevent.Timeout(2):
+        n = port.recv_into(buf)
+    assert bytes(buf[port.header_size : n]) == udp_frame(7)
+
+
+def test_srcport_skips_ports_in_use_and_refuses_a_range_with_none_free(closing):
+    """A port of the range already bound elsewhere is skipped; a range whose every
+    port is taken is a clear error naming the range, and nothing stays open."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    closing(taken)
+    busy = taken.getsockname()[1]
+    remote = ("127.0.0.1", 9)
+    port = VxlanPort("v", [remote], 9, ("127.0.0.1", 0), srcport=(busy, busy + 1))
+    closing(port)
+    assert port.describe()["source_ports"] == [busy + 1]
+    from greentap.errors import EndpointUnavailable
+
+    with pytest.raises(EndpointUnavailable, match=f"no source port of {busy}-{busy}"):
+        VxlanPort("w", [remote], 9, ("127.0.0.1", 0), srcport=(busy, busy))
+
+
+def test_flow_hash_follows_addresses_and_ports_not_payload():
+    """The hash behind the source port: the same for one flow whatever the payload,
+    different for other ports or addresses (these ones), stable across calls."""
+    a = vxlan.flow_hash(udp_frame(1000))
+    assert a == vxlan.flow_hash(udp_frame(1000)[:-4] + b"zzzz")
+    assert a != vxlan.flow_hash(udp_frame(1001))
+    assert a != vxlan.flow_hash(udp_frame(1000, src="198.18.0.9"))
+    for junk in (b"", b"\x01" * 13, udp_frame(1)[:20]):
+        assert isinstance(vxlan.flow_hash(junk), int)

@@ -88,18 +88,24 @@ def test_vxlan_port_encapsulates_per_rfc_7348(closing):
     assert recv_frame(port) == frame(A, B)
 
 
-def test_vxlan_head_end_replication_and_learning(closing):
-    """Broadcast and unknown unicast go to every remote; a learned MAC to its remote only."""
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_vxlan_head_end_replication_and_learning(closing, offload):
+    """Broadcast and unknown unicast go to every remote; a learned MAC to its remote
+    only; the same with offloads (frames behind a vnet header, learned per read)."""
     r1, r2 = vteps(2, closing)
-    port = VxlanPort("vx", [r1.getsockname(), r2.getsockname()], 7, ("127.0.0.1", 0))
+    port = VxlanPort(
+        "vx", [r1.getsockname(), r2.getsockname()], 7, ("127.0.0.1", 0), offload=offload
+    )
     closing(port)
-    port.send(frame(BCAST, A))
+    vnet = bytes(port.header_size)
+    port.send(vnet + frame(BCAST, A))
     assert r1.recv(2000) == r2.recv(2000) == vxlan.encode(7, frame(BCAST, A))
-    port.send(frame(B, A))  # B unknown: both
+    port.send(vnet + frame(B, A))  # B unknown: both
     assert r1.recv(2000) == r2.recv(2000)
+    r2.sendto(b"\0" * 30, port.local)  # no I flag: nothing learned from it
     r2.sendto(vxlan.encode(7, frame(A, B)), port.local)  # B lives behind r2
-    recv_frame(port)
-    port.send(frame(B, A, 9))
+    assert recv_frame(port) == vnet + frame(A, B)
+    port.send(vnet + frame(B, A, 9))
     assert r2.recv(2000) == vxlan.encode(7, frame(B, A, 9))
     r1.settimeout(0.05)
     with pytest.raises(TimeoutError):
