@@ -57,8 +57,9 @@ endpoints:
                          give the TAPs an MTU of the path's minus 50 (--mtu).
                          &srcport=MIN-MAX: outer source ports from a hash of
                          each inner flow, for ECMP underlays (RFC 7348 5)
-  udp://REMOTE:PORT[?local=ADDR:PORT]
-                         raw frames, one per datagram (QEMU's -netdev dgram)
+  udp://REMOTE:PORT[?local=ADDR:PORT&mtu=N]
+                         raw frames, one per datagram (QEMU's -netdev dgram);
+                         mtu=N: the guest's MTU, no frame sent is larger
                          IPv6 addresses go in brackets: udp://[::1]:5555
   pcap:PATH[?snaplen=N&rotate=SIZE&keep=N] | pcap:-
                          write-only: every frame forwarded, as a pcap file

@@ -31,7 +31,7 @@ _POLICING = frozenset({"rate", "burst"})  # an ingress rate limit, on every port
 OPTIONS: dict[str, frozenset[str]] = {
     "tap": frozenset({"netns"}) | _POLICING,
     "vxlan": frozenset({"vni", "remote", "local", "srcport"}) | _POLICING,
-    "udp": frozenset({"local"}) | _POLICING,
+    "udp": frozenset({"local", "mtu"}) | _POLICING,
     "pcap": frozenset({"snaplen", "rotate", "keep"}),
     "fd": _POLICING,
     "packet": frozenset({"netns", "qdisc"}) | _POLICING,
@@ -40,7 +40,7 @@ OPTIONS: dict[str, frozenset[str]] = {
 REPEATABLE = frozenset({"remote"})
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
-    "[&local=ADDR:PORT][&srcport=MIN-MAX], udp://REMOTE:PORT[?local=ADDR:PORT] or "
+    "[&local=ADDR:PORT][&srcport=MIN-MAX], udp://REMOTE:PORT[?local=ADDR:PORT&mtu=N] or "
     "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N], packet:IFNAME[?netns=NS&qdisc=bypass|use] "
     "or fd:N; "
     "any but pcap also takes [&]rate=PPS[&burst=N]"
@@ -215,6 +215,8 @@ def _parse_tunnel(kind: str, text: str) -> EndpointSpec:
         parsed["vni"] = _number(text, "vni", options.pop("vni"), lambda v: parse_int(v, 0, MAX_VNI))
         if "srcport" in options:
             parsed["srcport"] = _port_range(text, options.pop("srcport"))
+    if "mtu" in options:
+        parsed["mtu"] = _number(text, "mtu", options.pop("mtu"), lambda v: parse_int(v, 68, 65535))
     return EndpointSpec(kind, text, parsed, text)
 
 

@@ -106,6 +106,7 @@ VIRTIO_NET_HDR_SIZE = 10  # struct virtio_net_hdr
 VIRTIO_NET_HDR_MRG_RXBUF_SIZE = 12  # struct virtio_net_hdr_mrg_rxbuf
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 
 # Largest frame a TAP can hand us: an MTU of ETH_MAX_MTU plus the Ethernet
 # and VLAN headers, or a 64 KiB GSO super-frame when offloads are on.

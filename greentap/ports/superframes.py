@@ -49,6 +49,7 @@ _GRO_SPACE = socket.CMSG_SPACE(4)  # the UDP_GRO control message: an int, the da
 _READ = MAX_DATAGRAM + 1024  # room for one read: a datagram, or what GRO joined
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
+_GSO_FIELDS = struct.Struct("=HH")  # the vnet header's gso_size and csum_start
 
 Address = tuple[str, int]
 
@@ -70,6 +71,7 @@ class SuperFrames(Port):
     drops: collections.Counter[str]
     gso = False  # sends use UDP_SEGMENT
     gro = False  # the socket has UDP_GRO
+    mtu: int | None = None  # the largest IP packet a frame sent may carry (udp://?mtu=)
 
     def _offloads(self, sock: Any) -> None:
         """Switch to frames behind a vnet header (called by the constructor)."""
@@ -213,6 +215,11 @@ class SuperFrames(Port):
             self.drops["tx_runt"] += 1
             self.counters.tx_errors += 1
             return False
+        if self.mtu is not None:
+            fitted = self._fit(frame)
+            if fitted is None:
+                return self._refuse("tx_too_big")
+            frame = fitted
         if not frame[1]:  # no segmentation: as it is, or with its checksum finished
             if not frame[0] & kc.VIRTIO_NET_HDR_F_NEEDS_CSUM:
                 return self._send_one(memoryview(frame)[kc.VIRTIO_NET_HDR_SIZE :])
@@ -226,6 +233,31 @@ class SuperFrames(Port):
         except SegmentError:
             return self._refuse("tx_bad_super_frame")
         return self._send_segments(memoryview(joined), each)
+
+    def _fits(self, frame: Any, at: int = 0) -> bool:
+        """Whether the plain frame at ``frame[at:]`` carries at most :attr:`mtu` bytes."""
+        return len(frame) - at - _l2_length(frame, at) <= self.mtu  # type: ignore[operator]
+
+    def _fit(self, frame: Any) -> Any:
+        """``frame`` (a vnet header first) within :attr:`mtu`: a super-frame with its
+        segment size lowered to fit, or None for a plain frame that does not fit."""
+        size = kc.VIRTIO_NET_HDR_SIZE
+        if not frame[1]:
+            return frame if self._fits(frame, size) else None
+        gso_size, csum_start = _GSO_FIELDS.unpack_from(frame, 4)
+        data_at = size + csum_start
+        if data_at + 13 > len(frame):
+            return frame  # cut() refuses it and says why
+        kind = frame[1] & 0x7F
+        l4_len = 8 if kind == kc.VIRTIO_NET_HDR_GSO_UDP_L4 else (frame[data_at + 12] >> 4) * 4
+        room = self.mtu - (csum_start - _l2_length(frame, size)) - l4_len
+        if room < 1:
+            return None
+        if gso_size <= room:
+            return frame
+        fitted = bytearray(frame)
+        _GSO_FIELDS.pack_into(fitted, 4, room, csum_start)
+        return fitted
 
     def _refuse(self, reason: str) -> bool:
         self.drops[reason] += 1
@@ -284,6 +316,14 @@ class SuperFrames(Port):
             return self._send_failed(exc, addr, count, sock)
         self._sent(addr, count, len(chunk))
         return True
+
+
+def _l2_length(frame: Any, at: int) -> int:
+    """The Ethernet header's length, tags included, of the frame at ``frame[at:]``."""
+    tpid = at + kc.ETH_HLEN - 2
+    while frame[tpid : tpid + 2] in (b"\x81\x00", b"\x88\xa8"):
+        tpid += kc.VLAN_HLEN
+    return tpid + 2 - at
 
 
 def _recv_gro(sock: Any, buffers: tuple[Any, ...]) -> tuple[int, list[Any], int, Any]:

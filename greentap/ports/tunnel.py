@@ -41,14 +41,39 @@ class UdpPort(DatagramPort):
     QEMU's ``-netdev dgram`` and ``-netdev socket,udp=``.
 
     Only datagrams from the remote's exact address and port are accepted.
+
+    Args:
+        name: what logs call it.
+        remote: the peer's ``(host, port)``.
+        local: ``(host, port)`` to bind, or None for any port.
+        mtu: the peer's MTU (a guest's): no frame sent is larger than it (plus
+            the Ethernet header and tags); a super-frame is cut to fit, a
+            larger plain frame is dropped and counted ``tx_too_big``.  None:
+            no limit of its own (the TAPs' MTU decides).
     """
 
     kind = "udp"
 
-    def __init__(self, name: str, remote: Address, local: Address | None = None, **kw: Any):
+    def __init__(
+        self,
+        name: str,
+        remote: Address,
+        local: Address | None = None,
+        *,
+        mtu: int | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(name, [remote], local, **kw)
         self._peer = self.remotes[0]
         self._peers = (self._peer,)
+        self.mtu = mtu
+
+    def describe(self) -> dict[str, Any]:
+        """Return a dict describing the port for logs."""
+        info = super().describe()
+        if self.mtu is not None:
+            info["mtu"] = self.mtu
+        return info
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Read one frame (one datagram from the peer) into ``buffer``; return its length."""
@@ -67,6 +92,8 @@ class UdpPort(DatagramPort):
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Send one frame as one datagram; return False if it was dropped."""
+        if self.mtu is not None and not self._fits(frame):
+            return self._refuse("tx_too_big")
         return self._sendmsg((frame,), len(frame), self._peer)
 
     def _targets(self, frame: Any) -> Sequence[Address]:
@@ -243,5 +270,6 @@ def _open_vxlan(spec: EndpointSpec, options: OpenOptions) -> VxlanPort:
 def _open_udp(spec: EndpointSpec, options: OpenOptions) -> UdpPort:
     opts = spec.options
     return UdpPort(
-        spec.name, opts["remotes"][0], opts.get("local"), hub=options.hub, offload=options.offload
-    )
+        spec.name, opts["remotes"][0], opts.get("local"), hub=options.hub, offload=options.offload,
+        mtu=opts.get("mtu"),
+    )  # fmt: skip

@@ -40,6 +40,8 @@ def test_tap_scheme_with_namespace():
         ("vxlan://198.18.0.2?vni=1&srcport=0-10", "srcport '0': expected a whole number"),
         ("vxlan://198.18.0.2?vni=1&srcport=1-70000", "srcport '70000'"),
         ("udp://198.18.0.2:9?srcport=1-2", "unknown option 'srcport'"),
+        ("udp://198.18.0.2:9?mtu=67", "mtu '67': expected a whole number from 68"),
+        ("vxlan://198.18.0.2?vni=1&mtu=1400", "unknown option 'mtu'"),
         ("packet:eth0?qdisc=fast", "qdisc 'fast': expected bypass or use"),
         ("packet:eth0?vni=3", "unknown option 'vni'"),
         ("packet:eth0?netns=..", "netns '..'"),
@@ -94,3 +96,8 @@ def test_vxlan_srcport_range():
     spec = parse_endpoint("vxlan://198.18.0.2?vni=5&srcport=49152-65535")
     assert spec.options["srcport"] == (49152, 65535)
     assert "srcport" not in parse_endpoint("vxlan://198.18.0.2?vni=5").options
+
+
+def test_udp_mtu():
+    """udp://...?mtu=N gives the peer's MTU."""
+    assert parse_endpoint("udp://198.18.0.2:9?mtu=1500").options["mtu"] == 1500

@@ -267,3 +267,30 @@ def test_flow_hash_follows_addresses_and_ports_not_payload():
     assert a != vxlan.flow_hash(udp_frame(1000, src="198.18.0.9"))
     for junk in (b"", b"\x01" * 13, udp_frame(1)[:20]):
         assert isinstance(vxlan.flow_hash(junk), int)
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_udp_mtu_cuts_super_frames_to_fit_and_refuses_larger_frames(closing, offload):
+    """udp://?mtu=N (a guest's MTU): a super-frame is cut into segments whose IP
+    packets are at most N bytes (here 576, from a TAP's 1400-byte segments), a plain
+    frame carrying N bytes passes, one carrying N + 1 is dropped as tx_too_big."""
+    qemu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    qemu.bind(("127.0.0.1", 0))
+    qemu.settimeout(2)
+    closing(qemu)
+    port = UdpPort("u", qemu.getsockname(), ("127.0.0.1", 0), offload=offload, mtu=576)
+    closing(port)
+    vnet = bytes(port.header_size)
+    if offload:
+        frame, csum_start = super_frame(PAYLOAD[:6000], 1400, flags=0x10)
+        assert port.send(frame) is True
+        got = []
+        while sum(len(d) - csum_start - 20 for d in got) < 6000:
+            got.append(qemu.recv(70000))
+        assert max(len(d) - 14 for d in got) == 576  # 20 + 20 + 536 of payload
+        assert b"".join(d[csum_start + 20 :] for d in got) == PAYLOAD[:6000]
+    fits = bytes(12) + b"\x08\x00" + bytes(576)
+    assert port.send(vnet + fits) is True
+    assert qemu.recv(70000) == fits
+    assert port.send(vnet + fits + b"x") is False
+    assert port.drops["tx_too_big"] == 1
