@@ -62,6 +62,9 @@ _relay_batch_to_socket: Any = None
 _GATHER = 1 << 20  # bytes of frames gathered for one sendmmsg batch
 #: The ring's batch in C (``ring_batch``), or None: packet sockets then take the Python loop.
 ring_batch: Any = None
+#: A batch of datagrams with one recvmmsg (``recv_datagrams``), or None: one
+#: recvmsg_into per datagram.
+recv_datagrams: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
@@ -79,6 +82,7 @@ else:
             _relay_batch = _c.relay_batch
             _relay_batch_to_socket = _c.relay_batch_to_socket
             ring_batch = _c.ring_batch
+            recv_datagrams = _c.recv_datagrams
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
 #: Which relay loop runs: ``"c"`` or ``"python"``.

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from greentap.core import vxlan
 from greentap.core.coalesce import PLAIN_HEADER
 from greentap.core.kernel_constants import ETH_HLEN
+from greentap.green import relay
 from greentap.ports.tunnel import UdpPort, VxlanPort
 
 VNI = 4242
@@ -30,21 +31,40 @@ def endpoint(host):
 
 
 # Each rig runs without and with offloads (the batched GRO path, whose frames come
-# behind a vnet header: all zeros for a frame handed on as it came).
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "offload"])
+# behind a vnet header: all zeros for a frame handed on as it came), reading its
+# batches with C's recvmmsg and with the Python twin's loop.
+RIGS = {"plain": (False, True), "offload": (True, True), "offload-python": (True, False)}
+
+
+def opened(make, kind):
+    """A port without offloads, or with them reading batches with recvmmsg (C) or
+    with one recvmsg_into per datagram (the Python twin)."""
+    offload, c_reads = RIGS[kind]
+    with pytest.MonkeyPatch.context() as mp:
+        if not c_reads:
+            mp.setattr(relay, "recv_datagrams", None)
+        return make(offload)
+
+
+@pytest.fixture(scope="module", params=list(RIGS))
 def vxlan_rig(request):
     remote, stranger = endpoint("127.0.0.2"), endpoint("127.0.0.9")
-    port = VxlanPort("vx", [remote.getsockname()], VNI, ("127.0.0.1", 0), offload=request.param)
+    port = opened(
+        lambda o: VxlanPort("vx", [remote.getsockname()], VNI, ("127.0.0.1", 0), offload=o),
+        request.param,
+    )
     yield port, {"remote": remote, "stranger": stranger}
     port.close()
     remote.close()
     stranger.close()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "offload"])
+@pytest.fixture(scope="module", params=list(RIGS))
 def udp_rig(request):
     peer, stranger = endpoint("127.0.0.2"), endpoint("127.0.0.9")
-    port = UdpPort("udp", peer.getsockname(), ("127.0.0.1", 0), offload=request.param)
+    port = opened(
+        lambda o: UdpPort("udp", peer.getsockname(), ("127.0.0.1", 0), offload=o), request.param
+    )
     yield port, {"remote": peer, "stranger": stranger}
     port.close()
     peer.close()
