@@ -460,6 +460,55 @@ ring_batch(PyObject *self, PyObject *args)
                          link_down, errors, truncated, runts, corrupt);
 }
 
+/* write_frames(out_fd, frames, start) -> (end, errno, next, tx, tx_bytes, dropped, link_down,
+ * errors): frames[start:] written one per write(), each classified as relay_batch()
+ * classifies its writes; ends early on a FAILED verdict (that frame the caller's
+ * to count, `next` the one after it). */
+static PyObject *
+write_frames(PyObject *self, PyObject *args)
+{
+    int out_fd;
+    PyObject *list;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "iO!n", &out_fd, &PyList_Type, &list, &start))
+        return NULL;
+    long long tx = 0, tx_bytes = 0, dropped = 0, link_down = 0, errors = 0;
+    int end = END_BUDGET, err = 0;
+    Py_ssize_t i = start < 0 ? 0 : start;
+    for (; i < PyList_GET_SIZE(list); i++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, i), &b, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if (out_fd < 0) {
+            errors++;
+            PyBuffer_Release(&b);
+            continue;
+        }
+        int verdict;
+        do {
+            verdict = write(out_fd, b.buf, (size_t)b.len) >= 0 ? -1 : verdict_of(errno);
+        } while (verdict == V_RETRY);
+        Py_ssize_t n = b.len;
+        PyBuffer_Release(&b);
+        if (verdict < 0) {
+            tx++;
+            tx_bytes += n;
+        } else if (verdict == V_BACKPRESSURE) {
+            dropped++;
+        } else if (verdict == V_LINK_DOWN) {
+            link_down++;
+        } else if (verdict != V_FAILED) {
+            errors++;
+        } else {
+            end = END_WRITE_ERROR;
+            err = errno;
+            i++;
+            break;
+        }
+    }
+    return Py_BuildValue("(iinLLLLL)", end, err, i, tx, tx_bytes, dropped, link_down, errors);
+}
+
 #define RECV_MAX 64
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -553,6 +602,11 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"write_frames", write_frames, METH_VARARGS,
+     "write_frames(out_fd, frames, start) -> (end, errno, next, tx, tx_bytes, dropped, "
+     "link_down, errors)\n\nWrite frames[start:] (a list) to out_fd, one write() each, "
+     "classified by the verdict table; end 4 and `next` after the frame whose verdict was "
+     "FAILED."},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
      "recv_datagrams(fd, buffer, start, slot, count) -> [(offset, n, size, truncated, host, "
      "port)]\n\nUp to `count` datagrams with one recvmmsg(MSG_DONTWAIT), the i-th into "

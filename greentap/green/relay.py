@@ -36,6 +36,7 @@ __all__ = [
     "checked_fd",
     "publish",
     "relay",
+    "python_write_frames",
     "ring_batch",
     "send_counted",
     "write_again",
@@ -65,6 +66,8 @@ ring_batch: Any = None
 #: A batch of datagrams with one recvmmsg (``recv_datagrams``), or None: one
 #: recvmsg_into per datagram.
 recv_datagrams: Any = None
+#: A list of frames written in C (``write_frames``), or the Python twin.
+write_frames: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
@@ -83,6 +86,7 @@ else:
             _relay_batch_to_socket = _c.relay_batch_to_socket
             ring_batch = _c.ring_batch
             recv_datagrams = _c.recv_datagrams
+            write_frames = _c.write_frames
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
 #: Which relay loop runs: ``"c"`` or ``"python"``.
@@ -311,6 +315,40 @@ def _relay_python(
             src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
         else:
             sleep(0)  # the budget is spent: let the hub run
+
+
+def python_write_frames(
+    out: int, frames: list[Any], start: int
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """The Python twin of the C ``write_frames``: ``frames[start:]`` written to ``out``.
+
+    Returns:
+        ``(end, errno, next, tx, tx_bytes, dropped, link_down, errors)``: ``end``
+        is 4 (a write error) with the errno when a verdict was FAILED, ``next``
+        the index after that frame; else 0 and ``len(frames)``.
+    """
+    tx = tx_bytes = dropped = link_down = errors = 0
+    failed, verdicts = Verdict.FAILED, WRITE_VERDICTS
+    for i in range(max(start, 0), len(frames)):
+        frame = frames[i]
+        if out < 0:
+            errors += 1
+            continue
+        failure = write_again(out, frame)
+        if failure is None:
+            tx += 1
+            tx_bytes += len(frame)
+            continue
+        verdict = verdicts.get(failure.errno or 0, failed)
+        if verdict is Verdict.BACKPRESSURE:
+            dropped += 1
+        elif verdict is Verdict.LINK_DOWN:
+            link_down += 1
+        elif verdict is not failed:
+            errors += 1
+        else:
+            return _WRITE_ERROR, failure.errno or 0, i + 1, tx, tx_bytes, dropped, link_down, errors
+    return _BUDGET, 0, len(frames), tx, tx_bytes, dropped, link_down, errors
 
 
 def publish(

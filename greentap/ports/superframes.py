@@ -26,21 +26,24 @@ import _socket  # never monkey-patched: greentap does its own waiting
 import collections
 import errno
 import mmap
+import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import gevent
 
 from greentap.core import kernel_constants as kc
 from greentap.core.coalesce import merge_datagrams
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.segment import SegmentError, cut, finished
-from greentap.errors import EndpointClosed
+from greentap.errors import EndpointClosed, GreentapError
 from greentap.green import relay
 from greentap.green.fdio import GreenFd
 from greentap.ports.base import Port
 
-__all__ = ["BATCH", "MAX_DATAGRAM", "Address", "SuperFrames"]
+__all__ = ["BATCH", "MAX_DATAGRAM", "Address", "SuperFrameSends", "SuperFrames"]
 
 # Largest UDP payload (IPv4: 65535 - 20 - 8); IPv6 allows 65527.
 MAX_DATAGRAM = 65507
@@ -52,61 +55,28 @@ _READ = MAX_DATAGRAM + 1024  # room for one read: a datagram, or what GRO joined
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _GSO_FIELDS = struct.Struct("=HH")  # the vnet header's gso_size and csum_start
+_WRITE_ERROR = 4  # how a write_frames batch ends on a FAILED verdict (greentap/green/_relay.c)
 
 Address = tuple[str, int]
 
 
-class SuperFrames(Port):
-    """Offloads for a datagram port: what :class:`~greentap.ports.datagram.DatagramPort`
-    switches to when opened with ``offload``.
+class SuperFrameSends(Port):
+    """The sending half of :class:`SuperFrames`: frames behind a vnet header cut,
+    finished and sent, with UDP GSO where the kernel can.
 
     Subclasses provide the socket (``_io``), what goes before each frame
-    (``_prefix``), where a frame goes (:meth:`_targets`), what a datagram
-    comes from whom (:meth:`_admit`), the VNI to check (``_vni``, -1 for none)
-    and the plain sends and counting.
+    (``_prefix``), where a frame goes (:meth:`_targets`) and by which socket
+    (:meth:`_sender`), and the plain sends and counting.
     """
 
     _io: GreenFd
     _prefix: bytes
-    _vni = -1  # the VNI each datagram's VXLAN header must carry; -1: no header
-    _short = "rx_runt"  # what a datagram too short for a frame is counted as
     drops: collections.Counter[str]
     gso = False  # sends use UDP_SEGMENT
-    gro = False  # the socket has UDP_GRO
     mtu: int | None = None  # the largest IP packet a frame sent may carry (udp://?mtu=)
 
-    def _offloads(self, sock: Any) -> None:
-        """Switch to frames behind a vnet header (called by the constructor)."""
-        self.header_size = kc.VIRTIO_NET_HDR_SIZE
-        self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
-        self.recv_into = self._recv_merged  # type: ignore[method-assign]
-        self.send = self._send_offloaded  # type: ignore[method-assign]
-        self.gso = True  # until a send says otherwise (EIO)
-        try:
-            sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
-            self.gro = True
-        except OSError:  # a kernel before 5.0: datagrams one by one, merged all the same
-            pass
-        if relay.recv_datagrams is not None:
-            # A slot of 64 KiB per datagram of a batch (recvmmsg), mapped: pages
-            # become resident only where datagrams land.
-            self._rx: Any = mmap.mmap(-1, BATCH * _READ)
-            self._fill = self._fill_c  # type: ignore[method-assign]
-        else:  # a batch of reads laid one after another, each with room for 64 KiB
-            self._rx = bytearray(4 * _READ)
-        self._rx_view = memoryview(self._rx)
-        self._pending: collections.deque[bytearray] = collections.deque()
-
-    # --- what the subclasses say ------------------------------------------------
     def _targets(self, frame: Any) -> Sequence[Address]:  # pragma: no cover - interface
         """The remotes a frame (no vnet header) goes to."""
-        raise NotImplementedError
-
-    def _admit(
-        self, sender: Any, data: memoryview, size: int, count: int
-    ) -> bool:  # pragma: no cover
-        """Whether the ``count`` datagrams of one read (``size`` bytes each but the
-        last) came from a remote; if not they are dropped and counted here."""
         raise NotImplementedError
 
     def _sendmsg(  # pragma: no cover - interface
@@ -124,123 +94,6 @@ class SuperFrames(Port):
         self, exc: OSError, addr: Address, packets: int, sock: Any = None
     ) -> bool:
         raise NotImplementedError
-
-    def _accept(self, n: int) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def _drop(self, reason: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def _read_error_queue(self, sock: Any = None) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def _recv_merged(self, buffer: bytearray | memoryview) -> int:
-        """Read the next frame, with its vnet header, into ``buffer``; return its length.
-
-        Frames come from batches: one (GRO) read waited for, then as many as
-        are there without waiting, up to :data:`BATCH` datagrams, checked,
-        opened and merged (:func:`~greentap.core.coalesce.merge_datagrams`).
-        """
-        pending = self._pending
-        while not pending:
-            self._fill()
-        frame = pending.popleft()
-        n = len(frame)
-        buffer[:n] = frame
-        return n
-
-    def _fill(self) -> None:
-        """Read one batch and merge it: at most :data:`BATCH` datagrams, whatever they
-        hold (a flood of garbage cannot hold back the frames read before it), laid
-        one read after another in the receive buffer while a read still fits."""
-        rx, spans, used, datagrams = self._rx_view, [], 0, 0
-        got = self._read_batch(rx[:_READ], wait=True)
-        while got is not None:
-            n, size, sender = got
-            count = -(-n // size) if n else 1  # an empty datagram is one too
-            datagrams += count
-            if self._admit(sender, rx[used : used + n], size, count):
-                spans.append((used, n, size))
-                used += n
-            if datagrams >= BATCH or len(rx) - used < _READ:
-                break
-            got = self._read_batch(rx[used : used + _READ], wait=False)
-        if spans:
-            self._merge(spans)
-
-    def _merge(self, spans: list[tuple[int, int, int]]) -> None:
-        """Open and merge what the batch read (``spans`` of the receive buffer); count it."""
-        frames, accepted, size_total, short, no_i_flag, wrong_vni = merge_datagrams(
-            self._rx, spans, self._vni
-        )
-        counters = self.counters
-        counters.rx_packets += accepted
-        counters.rx_bytes += size_total
-        for reason, many in ((self._short, short), ("rx_no_i_flag", no_i_flag),
-                             ("rx_wrong_vni", wrong_vni)):  # fmt: skip
-            if many:
-                self.drops[reason] += many
-                counters.rx_errors += many
-        self._pending.extend(frames)
-
-    def _fill_c(self) -> None:
-        """:meth:`_fill` with one ``recvmmsg`` for the batch, each datagram in a slot."""
-        rx, spans = self._rx_view, []
-        for offset, n, size, truncated, host, port in self._io.read(self._recv_datagrams, None):
-            if truncated:
-                self._drop("rx_truncated")
-                continue
-            count = -(-n // size) if n else 1
-            if self._admit((host, port), rx[offset : offset + n], size, count):
-                spans.append((offset, n, size))
-        if spans:
-            self._merge(spans)
-
-    def _recv_datagrams(self, sock: Any, _: Any) -> list[tuple[int, int, int, bool, str, int]]:
-        """One recvmmsg; an error that is not EAGAIN (an ICMP error) is read and retried."""
-        while True:
-            try:
-                return relay.recv_datagrams(sock.fileno(), self._rx, 0, _READ, BATCH)
-            except BlockingIOError:
-                raise
-            except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or self._io.closed:
-                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                self._read_error_queue()
-
-    def _read_batch(self, buffer: memoryview, *, wait: bool) -> tuple[int, int, Any] | None:
-        """One read into ``buffer`` of a datagram, or of many that GRO joined:
-        ``(n, datagram size, sender)``.
-
-        Returns None when ``wait`` is False and nothing is there.
-        """
-        io, buffers = self._io, (buffer,)
-        while True:
-            try:
-                if wait:
-                    n, ancillary, flags, sender = io.read(_recv_gro, buffers)
-                else:
-                    sock = io.holder.handle
-                    if sock is None:
-                        raise EndpointClosed(endpoint=self.name)
-                    n, ancillary, flags, sender = _recv_gro(sock, buffers)
-                    io.count()
-            except BlockingIOError:
-                return None
-            except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or io.closed:
-                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                self._read_error_queue()  # as in _receive
-                io.count()
-                continue
-            if flags & socket.MSG_TRUNC:
-                self._drop("rx_truncated")
-                continue
-            size = n
-            for level, kind, data in ancillary:
-                if level == kc.SOL_UDP and kind == kc.UDP_GRO and len(data) >= 4:
-                    size = _GRO_SIZE.unpack_from(data)[0] or n
-            return n, size, sender
 
     def _send_offloaded(self, frame: bytes | bytearray | memoryview) -> bool:
         """Send one frame behind its vnet header; return False if no remote got it.
@@ -352,6 +205,208 @@ class SuperFrames(Port):
             return self._send_failed(exc, addr, count, sock)
         self._sent(addr, count, len(chunk))
         return True
+
+
+class SuperFrames(SuperFrameSends):
+    """Offloads for a datagram port: what :class:`~greentap.ports.datagram.DatagramPort`
+    switches to when opened with ``offload``.
+
+    Besides what :class:`SuperFrameSends` needs, subclasses say whom a datagram
+    comes from (:meth:`_admit`) and the VNI to check (``_vni``, -1 for none).
+    """
+
+    _vni = -1  # the VNI each datagram's VXLAN header must carry; -1: no header
+    _short = "rx_runt"  # what a datagram too short for a frame is counted as
+    offload = False  # frames carry a vnet header: this class's machinery is on
+    gro = False  # the socket has UDP_GRO
+
+    def _offloads(self, sock: Any) -> None:
+        """Switch to frames behind a vnet header (called by the constructor)."""
+        self.header_size = kc.VIRTIO_NET_HDR_SIZE
+        self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
+        self.recv_into = self._recv_merged  # type: ignore[method-assign]
+        self.send = self._send_offloaded  # type: ignore[method-assign]
+        self.gso = True  # until a send says otherwise (EIO)
+        try:
+            sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
+            self.gro = True
+        except OSError:  # a kernel before 5.0: datagrams one by one, merged all the same
+            pass
+        if relay.recv_datagrams is not None:
+            # A slot of 64 KiB per datagram of a batch (recvmmsg), mapped: pages
+            # become resident only where datagrams land.
+            self._rx: Any = mmap.mmap(-1, BATCH * _READ)
+            self._fill = self._fill_c  # type: ignore[method-assign]
+        else:  # a batch of reads laid one after another, each with room for 64 KiB
+            self._rx = bytearray(4 * _READ)
+        self._rx_view = memoryview(self._rx)
+        self._pending: collections.deque[bytearray] = collections.deque()
+
+    # --- what the subclasses say ------------------------------------------------
+    def _admit(
+        self, sender: Any, data: memoryview, size: int, count: int
+    ) -> bool:  # pragma: no cover
+        """Whether the ``count`` datagrams of one read (``size`` bytes each but the
+        last) came from a remote; if not they are dropped and counted here."""
+        raise NotImplementedError
+
+    def _accept(self, n: int) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _drop(self, reason: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _read_error_queue(self, sock: Any = None) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _recv_merged(self, buffer: bytearray | memoryview) -> int:
+        """Read the next frame, with its vnet header, into ``buffer``; return its length.
+
+        Frames come from batches: one (GRO) read waited for, then as many as
+        are there without waiting, up to :data:`BATCH` datagrams, checked,
+        opened and merged (:func:`~greentap.core.coalesce.merge_datagrams`).
+        """
+        pending = self._pending
+        while not pending:
+            self._fill()
+        frame = pending.popleft()
+        n = len(frame)
+        buffer[:n] = frame
+        return n
+
+    def relay_to(
+        self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
+    ) -> bool:
+        """Forward every frame read to ``sink`` (a TAP, or any fd taking one frame per
+        write), a batch at a time: a batch read and merged, then written in one C call
+        (``write_frames``; its Python twin without the extension).
+
+        Returns:
+            False at once without offloads or with mirrors (the generic loop
+            serves those); otherwise it returns only by raising.
+
+        Raises:
+            EndpointClosed: this port was closed.
+        """
+        if not self.offload or mirrors:
+            return False
+        write = relay.write_frames or relay.python_write_frames
+        pending, counters, budget = self._pending, sink.counters, self._io.budget
+        written = 0
+        while True:
+            while not pending:
+                self._fill()
+            frames = list(pending)
+            pending.clear()
+            at = 0
+            while at < len(frames):
+                end, code, at, tx, tx_bytes, dropped, link_down, errors = write(
+                    sink.io.holder.fd, frames, at
+                )
+                counters.tx_packets += tx
+                counters.tx_bytes += tx_bytes
+                counters.tx_dropped += dropped
+                counters.tx_link_down += link_down
+                counters.tx_errors += errors
+                if end == _WRITE_ERROR:
+                    relay.write_failed(sink, OSError(code, os.strerror(code)), on_send_error)
+            written += len(frames)
+            if written >= budget:  # never starve the hub: as the other relays yield
+                written = 0
+                gevent.sleep(0)
+
+    def _fill(self) -> None:
+        """Read one batch and merge it: at most :data:`BATCH` datagrams, whatever they
+        hold (a flood of garbage cannot hold back the frames read before it), laid
+        one read after another in the receive buffer while a read still fits."""
+        rx, spans, used, datagrams = self._rx_view, [], 0, 0
+        got = self._read_batch(rx[:_READ], wait=True)
+        while got is not None:
+            n, size, sender = got
+            count = -(-n // size) if n else 1  # an empty datagram is one too
+            datagrams += count
+            if self._admit(sender, rx[used : used + n], size, count):
+                spans.append((used, n, size))
+                used += n
+            if datagrams >= BATCH or len(rx) - used < _READ:
+                break
+            got = self._read_batch(rx[used : used + _READ], wait=False)
+        if spans:
+            self._merge(spans)
+
+    def _merge(self, spans: list[tuple[int, int, int]]) -> None:
+        """Open and merge what the batch read (``spans`` of the receive buffer); count it."""
+        frames, accepted, size_total, short, no_i_flag, wrong_vni = merge_datagrams(
+            self._rx, spans, self._vni
+        )
+        counters = self.counters
+        counters.rx_packets += accepted
+        counters.rx_bytes += size_total
+        for reason, many in ((self._short, short), ("rx_no_i_flag", no_i_flag),
+                             ("rx_wrong_vni", wrong_vni)):  # fmt: skip
+            if many:
+                self.drops[reason] += many
+                counters.rx_errors += many
+        self._pending.extend(frames)
+
+    def _fill_c(self) -> None:
+        """:meth:`_fill` with one ``recvmmsg`` for the batch, each datagram in a slot."""
+        rx, spans = self._rx_view, []
+        for offset, n, size, truncated, host, port in self._io.read(self._recv_datagrams, None):
+            if truncated:
+                self._drop("rx_truncated")
+                continue
+            count = -(-n // size) if n else 1
+            if self._admit((host, port), rx[offset : offset + n], size, count):
+                spans.append((offset, n, size))
+        if spans:
+            self._merge(spans)
+
+    def _recv_datagrams(self, sock: Any, _: Any) -> list[tuple[int, int, int, bool, str, int]]:
+        """One recvmmsg; an error that is not EAGAIN (an ICMP error) is read and retried."""
+        while True:
+            try:
+                return relay.recv_datagrams(sock.fileno(), self._rx, 0, _READ, BATCH)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or self._io.closed:
+                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
+                self._read_error_queue()
+
+    def _read_batch(self, buffer: memoryview, *, wait: bool) -> tuple[int, int, Any] | None:
+        """One read into ``buffer`` of a datagram, or of many that GRO joined:
+        ``(n, datagram size, sender)``.
+
+        Returns None when ``wait`` is False and nothing is there.
+        """
+        io, buffers = self._io, (buffer,)
+        while True:
+            try:
+                if wait:
+                    n, ancillary, flags, sender = io.read(_recv_gro, buffers)
+                else:
+                    sock = io.holder.handle
+                    if sock is None:
+                        raise EndpointClosed(endpoint=self.name)
+                    n, ancillary, flags, sender = _recv_gro(sock, buffers)
+                    io.count()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or io.closed:
+                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
+                self._read_error_queue()  # as in _receive
+                io.count()
+                continue
+            if flags & socket.MSG_TRUNC:
+                self._drop("rx_truncated")
+                continue
+            size = n
+            for level, kind, data in ancillary:
+                if level == kc.SOL_UDP and kind == kc.UDP_GRO and len(data) >= 4:
+                    size = _GRO_SIZE.unpack_from(data)[0] or n
+            return n, size, sender
 
 
 def _l2_length(frame: Any, at: int) -> int:
