@@ -62,6 +62,27 @@ verdict_of(int err)
     return verdicts[err];
 }
 
+/* Count one write by its verdict (-1: written) where the table says; return 1
+ * when the verdict was FAILED (the frame is then the caller's to count). */
+static int
+tally(int verdict, long long n, long long *tx, long long *tx_bytes, long long *dropped,
+      long long *link_down, long long *errors)
+{
+    if (verdict < 0) {
+        (*tx)++;
+        *tx_bytes += n;
+    } else if (verdict == V_BACKPRESSURE) {
+        (*dropped)++;
+    } else if (verdict == V_LINK_DOWN) {
+        (*link_down)++;
+    } else if (verdict != V_FAILED) {
+        (*errors)++; /* this frame was refused; the next may pass */
+    } else {
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 set_verdicts(PyObject *self, PyObject *arg)
 {
@@ -140,16 +161,7 @@ relay_batch(PyObject *self, PyObject *args)
         do {
             verdict = write(out_fd, data, (size_t)n) >= 0 ? -1 : verdict_of(errno);
         } while (verdict == V_RETRY);
-        if (verdict < 0) {
-            tx++;
-            tx_bytes += n;
-        } else if (verdict == V_BACKPRESSURE) {
-            dropped++;
-        } else if (verdict == V_LINK_DOWN) {
-            link_down++;
-        } else if (verdict != V_FAILED) {
-            errors++; /* this frame was refused; the next may pass */
-        } else {
+        if (tally(verdict, n, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
             end = END_WRITE_ERROR;
             err = errno;
             break; /* this frame is the caller's to count */
@@ -408,16 +420,7 @@ ring_batch(PyObject *self, PyObject *args)
                               ? -1
                               : verdict_of(errno);
             } while (verdict == V_RETRY);
-            if (verdict < 0) {
-                tx++;
-                tx_bytes += (long long)n;
-            } else if (verdict == V_BACKPRESSURE) {
-                dropped++;
-            } else if (verdict == V_LINK_DOWN) {
-                link_down++;
-            } else if (verdict != V_FAILED) {
-                errors++;
-            } else {
+            if (tally(verdict, (long long)n, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
                 end = END_WRITE_ERROR;
                 err = errno;
                 break;
@@ -490,16 +493,7 @@ write_frames(PyObject *self, PyObject *args)
         } while (verdict == V_RETRY);
         Py_ssize_t n = b.len;
         PyBuffer_Release(&b);
-        if (verdict < 0) {
-            tx++;
-            tx_bytes += n;
-        } else if (verdict == V_BACKPRESSURE) {
-            dropped++;
-        } else if (verdict == V_LINK_DOWN) {
-            link_down++;
-        } else if (verdict != V_FAILED) {
-            errors++;
-        } else {
+        if (tally(verdict, n, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
             end = END_WRITE_ERROR;
             err = errno;
             i++;

@@ -349,6 +349,7 @@ def remap(monkeypatch):
     """``remap(code, verdict)``: make errno ``code`` mean ``verdict`` for the Python
     loop and, where built, the C loop; the real table is back after the test."""
     c = getattr(relay, "_c", None)
+    original = table()  # taken now: monkeypatch restores the dict only after this teardown
 
     def set_(code, verdict):
         monkeypatch.setitem(WRITE_VERDICTS, code, verdict)
@@ -357,7 +358,7 @@ def remap(monkeypatch):
 
     yield set_
     if c is not None:
-        c.set_verdicts(table())
+        c.set_verdicts(original)
 
 
 def fill_destination(r, total=3000):

@@ -65,10 +65,12 @@ def test_a_full_destination_drops_the_same_frames_in_both():
 
 @pytest.fixture
 def failed_on_eagain(monkeypatch):
+    """EAGAIN means FAILED, for both loops; the real table is back after the test."""
+    original = table()  # taken now: monkeypatch restores the dict only after this teardown
     monkeypatch.setitem(WRITE_VERDICTS, errno.EAGAIN, Verdict.FAILED)
     relay._c.set_verdicts(bytes(WRITE_VERDICTS.get(e, Verdict.FAILED) for e in range(256)))
     yield
-    relay._c.set_verdicts(table())
+    relay._c.set_verdicts(original)
 
 
 @pytest.mark.parametrize("kind", list(WRITERS))
