@@ -175,33 +175,63 @@ relay_batch(PyObject *self, PyObject *args)
 /* --- to a socket, in batches ------------------------------------------------ */
 
 #define SEND_BATCH 64
+#define VNET_NEEDS_CSUM 1
+#define MAX_HEADER 16 /* vnet header sizes are 10 or 12 */
 
 struct counts {
     long long rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors;
 };
 
+/* read_one() again after EINTR; a frame read is counted in c (rx, rx_bytes). */
+static ssize_t
+read_counted(int fd, char *data, size_t room, int *end, int *err, struct counts *c)
+{
+    ssize_t n;
+    do {
+        n = read_one(fd, data, room, end, err);
+    } while (n < 0);
+    if (n > 0) {
+        c->rx++;
+        c->rx_bytes += n;
+    }
+    return n;
+}
+
+/* Count the n messages sendmmsg() sent: packets and bytes (every iovec). */
+static void
+count_sent(const struct mmsghdr *msgs, int n, struct counts *c)
+{
+    for (int j = 0; j < n; j++) {
+        c->tx++;
+        for (size_t v = 0; v < msgs[j].msg_hdr.msg_iovlen; v++)
+            c->tx_bytes += (long long)msgs[j].msg_hdr.msg_iov[v].iov_len;
+    }
+}
+
 /* Send the k frames gathered in msgs with as few sendmmsg() calls as the
- * errors allow: a failed message is classified and skipped.  Return -1 on a
- * FAILED verdict (*err set; that frame is the caller's to count, the frames
- * after it count as errors), else 0. */
+ * errors allow: a failed message is counted and skipped.  With `failures`
+ * (a UDP socket, which never fails for good) each refusal is counted there by
+ * errno for the caller to name.  Without, it is classified by the verdict
+ * table: return -1 on a FAILED verdict (*err set; that frame is the caller's
+ * to count, the frames after it count as errors), else 0. */
 static int
-flush_frames(int fd, struct mmsghdr *msgs, int k, struct counts *c, int *err)
+flush_frames(int fd, struct mmsghdr *msgs, int k, struct counts *c, int *err,
+             long long *failures)
 {
     int at = 0;
     while (at < k) {
         int sent = sendmmsg(fd, msgs + at, (unsigned int)(k - at), MSG_DONTWAIT);
         if (sent > 0) {
-            for (int j = at; j < at + sent; j++) {
-                c->tx++;
-                c->tx_bytes += (long long)msgs[j].msg_hdr.msg_iov->iov_len;
-            }
+            count_sent(msgs + at, sent, c);
             at += sent;
             continue;
         }
         int verdict = verdict_of(errno);
         if (verdict == V_RETRY)
             continue;
-        if (verdict == V_BACKPRESSURE) {
+        if (failures != NULL) {
+            failures[errno >= 0 && errno < TABLE_SIZE ? errno : 0]++;
+        } else if (verdict == V_BACKPRESSURE) {
             c->dropped++;
         } else if (verdict == V_LINK_DOWN) {
             c->link_down++;
@@ -241,7 +271,7 @@ relay_batch_to_socket(PyObject *self, PyObject *args)
         if (k == SEND_BATCH || size - used < (size_t)max_frame) {
             if (out_fd < 0)
                 c.errors += k;
-            else if (flush_frames(out_fd, msgs, k, &c, &err) < 0) {
+            else if (flush_frames(out_fd, msgs, k, &c, &err, NULL) < 0) {
                 end = END_WRITE_ERROR;
                 k = 0;
                 break;
@@ -250,15 +280,9 @@ relay_batch_to_socket(PyObject *self, PyObject *args)
             used = 0;
         }
         /* Room for the largest frame: never truncated. */
-        ssize_t n = read_one(in_fd, data + used, size - used, &end, &err);
-        if (n < 0) {
-            i--; /* EINTR */
-            continue;
-        }
+        ssize_t n = read_counted(in_fd, data + used, size - used, &end, &err, &c);
         if (n == 0)
             break;
-        c.rx++;
-        c.rx_bytes += n;
         iovs[k].iov_base = data + used;
         iovs[k].iov_len = (size_t)n;
         msgs[k].msg_hdr.msg_iov = &iovs[k];
@@ -270,7 +294,7 @@ relay_batch_to_socket(PyObject *self, PyObject *args)
         int flush_err = 0;
         if (out_fd < 0)
             c.errors += k;
-        else if (flush_frames(out_fd, msgs, k, &c, &flush_err) < 0) {
+        else if (flush_frames(out_fd, msgs, k, &c, &flush_err, NULL) < 0) {
             /* A write error outranks how the reads ended: report it. */
             end = END_WRITE_ERROR;
             err = flush_err;
@@ -279,6 +303,104 @@ relay_batch_to_socket(PyObject *self, PyObject *args)
     PyBuffer_Release(&buf);
     return Py_BuildValue("(iiLLLLLLL)", end, err, c.rx, c.rx_bytes, c.tx, c.tx_bytes, c.dropped,
                          c.link_down, c.errors);
+}
+
+/* --- to a UDP peer, in batches ------------------------------------------------ */
+
+#define END_HANDBACK 5  /* a frame for the caller to send: it needs cutting or finishing */
+
+/*
+ * relay_batch_to_udp(in_fd, out_fd, buffer, budget, max_frame, header, prefix, address)
+ *   -> (end, errno, rx, rx_bytes, tx, tx_bytes, handback_offset, handback_length, failures)
+ *
+ * relay_batch_to_socket() for a tunnel with one peer: each frame read leaves as
+ * one datagram to `address` (a packed sockaddr), `prefix` (a VXLAN header, or
+ * nothing) before it and its first `header` bytes (a vnet header) left out.  A
+ * frame that needs work first (a vnet header asking for segmentation or a
+ * checksum, or a runt) ends the batch: what was gathered is sent, and the frame
+ * stays in the buffer at handback_offset for the caller (end 5).  failures:
+ * {errno: datagrams} the kernel refused.
+ */
+static PyObject *
+relay_batch_to_udp(PyObject *self, PyObject *args)
+{
+    int in_fd, out_fd, budget, header;
+    Py_ssize_t max_frame;
+    Py_buffer buf, prefix, address;
+    if (!PyArg_ParseTuple(args, "iiw*iniy*y*", &in_fd, &out_fd, &buf, &budget, &max_frame,
+                          &header, &prefix, &address))
+        return NULL;
+    PyObject *result = NULL;
+    if (max_frame < 1 || buf.len < max_frame || header < 0 || header > MAX_HEADER ||
+        address.len > (Py_ssize_t)sizeof(struct sockaddr_storage)) {
+        PyErr_SetString(PyExc_ValueError, "relay_batch_to_udp: bad buffer, header or address");
+        goto done;
+    }
+    struct counts c = {0};
+    long long failures[TABLE_SIZE];
+    memset(failures, 0, sizeof failures);
+    struct mmsghdr msgs[SEND_BATCH];
+    struct iovec iovs[SEND_BATCH][2];
+    memset(msgs, 0, sizeof msgs);
+    int end = END_BUDGET, err = 0, k = 0;
+    char *data = buf.buf;
+    size_t size = (size_t)buf.len, used = 0;
+    Py_ssize_t back_at = -1, back_len = 0;
+
+    for (int i = 0; i < budget; i++) {
+        if (k == SEND_BATCH || size - used < (size_t)max_frame) {
+            flush_frames(out_fd, msgs, k, &c, &err, failures);
+            k = 0;
+            used = 0;
+        }
+        ssize_t n = read_counted(in_fd, data + used, size - used, &end, &err, &c);
+        if (n == 0)
+            break;
+        const unsigned char *f = (const unsigned char *)data + used;
+        if (n < header + 14 || (header && (f[1] || (f[0] & VNET_NEEDS_CSUM)))) {
+            back_at = (Py_ssize_t)used;
+            back_len = n;
+            end = END_HANDBACK;
+            break;
+        }
+        int v = 0;
+        if (prefix.len) {
+            iovs[k][v].iov_base = prefix.buf;
+            iovs[k][v++].iov_len = (size_t)prefix.len;
+        }
+        iovs[k][v].iov_base = data + used + header;
+        iovs[k][v++].iov_len = (size_t)n - (size_t)header;
+        msgs[k].msg_hdr.msg_iov = iovs[k];
+        msgs[k].msg_hdr.msg_iovlen = (size_t)v;
+        msgs[k].msg_hdr.msg_name = address.buf;
+        msgs[k].msg_hdr.msg_namelen = (socklen_t)address.len;
+        used += (size_t)n;
+        k++;
+    }
+    flush_frames(out_fd, msgs, k, &c, &err, failures); /* what was read goes out first */
+    PyObject *failed = PyDict_New();
+    if (failed == NULL)
+        goto done;
+    for (int e = 0; e < TABLE_SIZE; e++) {
+        if (!failures[e])
+            continue;
+        PyObject *key = PyLong_FromLong(e), *value = PyLong_FromLongLong(failures[e]);
+        if (key == NULL || value == NULL || PyDict_SetItem(failed, key, value) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_DECREF(failed);
+            goto done;
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+    }
+    result = Py_BuildValue("(iiLLLLnnN)", end, err, c.rx, c.rx_bytes, c.tx, c.tx_bytes, back_at,
+                           back_len, failed);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&address);
+    return result;
 }
 
 /* --- the TPACKET_V3 ring ------------------------------------------------ */
@@ -296,7 +418,6 @@ enum {
 #define VNET_F_NEEDS_CSUM 1
 #define VNET_CSUM_START 6
 #define MAC_ADDRESSES 12
-#define MAX_HEADER 16 /* vnet header sizes are 10 or 12 */
 
 static uint32_t
 u32_at(const unsigned char *p)
@@ -596,6 +717,12 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"relay_batch_to_udp", relay_batch_to_udp, METH_VARARGS,
+     "relay_batch_to_udp(in_fd, out_fd, buffer, budget, max_frame, header, prefix, address) "
+     "-> (end, errno, rx, rx_bytes, tx, tx_bytes, handback_offset, handback_length, "
+     "failures)\n\nFrames read from in_fd sent as datagrams to one peer with sendmmsg(), "
+     "each behind prefix, its vnet header left out; end 5 hands back a frame that needs "
+     "work; failures: {errno: datagrams refused}."},
     {"write_frames", write_frames, METH_VARARGS,
      "write_frames(out_fd, frames, start) -> (end, errno, next, tx, tx_bytes, dropped, "
      "link_down, errors)\n\nWrite frames[start:] (a list) to out_fd, one write() each, "

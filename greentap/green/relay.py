@@ -39,6 +39,7 @@ __all__ = [
     "python_write_frames",
     "ring_batch",
     "send_counted",
+    "takes",
     "write_again",
     "write_failed",
 ]
@@ -68,6 +69,7 @@ ring_batch: Any = None
 recv_datagrams: Any = None
 #: A list of frames written in C (``write_frames``), or the Python twin.
 write_frames: Any = None
+_relay_batch_to_udp: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
@@ -87,13 +89,30 @@ else:
             ring_batch = _c.ring_batch
             recv_datagrams = _c.recv_datagrams
             write_frames = _c.write_frames
+            _relay_batch_to_udp = _c.relay_batch_to_udp
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
 #: Which relay loop runs: ``"c"`` or ``"python"``.
 LOOP = "c" if _relay_batch is not None else "python"
 
 # How a C batch ended (greentap/green/_relay.c).
-_BUDGET, _WAIT, _EOF, _READ_ERROR, _WRITE_ERROR = range(5)
+_BUDGET, _WAIT, _EOF, _READ_ERROR, _WRITE_ERROR, _HANDBACK = range(6)
+
+
+#: Whether the C relay can send to a tunnel port (``relay_batch_to_udp`` was built).
+takes_udp = _relay_batch_to_udp is not None
+
+
+def takes(sink: Any, mirrors: Any) -> bool:
+    """Whether :func:`relay` can write to ``sink`` (with these mirrors).
+
+    A tunnel's sink (``udp_relay``: datagrams to one peer) is served only by
+    the C loop without mirrors; every other sink by both loops.
+    """
+    return getattr(sink, "udp_relay", None) is None or (
+        _relay_batch_to_udp is not None and not mirrors
+    )
+
 
 Mirror = Callable[[Any], Any]
 
@@ -121,7 +140,9 @@ def relay(
         EndpointClosed: ``src`` was closed (the normal end).
         EndpointVanished, PeerGone, EndpointIOError: ``src`` failed.
     """
-    if _relay_batch is not None and not mirrors:
+    if getattr(dst, "udp_relay", None) is not None:
+        _relay_udp(src, dst, on_send_error)  # only where takes() said it can
+    elif _relay_batch is not None and not mirrors:
         _relay_c(src, dst, on_send_error)
     else:
         _relay_python(src, dst, on_send_error, mirrors)
@@ -140,7 +161,7 @@ def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> No
         batch, buf = _relay_batch, bytearray(src.max_frame_size)
     rx_c, tx_c = src.counters, dst.counters
     src_io, dst_io = src.io, dst.io
-    budget, sleep = src_io.budget, gevent.sleep
+    budget = src_io.budget
     while True:
         # Re-read after every yield: either side may close meanwhile.
         fd = src_io.holder.fd
@@ -148,18 +169,59 @@ def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> No
             raise EndpointClosed(endpoint=src.name)
         end, code, *counts = batch(fd, dst_io.holder.fd, buf, budget)
         publish(rx_c, tx_c, *counts)
-        if end == _WAIT:
-            src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
-        elif end == _BUDGET:
-            sleep(0)  # the budget is spent: let the hub run
-        elif end == _WRITE_ERROR:
+        if end == _WRITE_ERROR:
             write_failed(dst, OSError(code, os.strerror(code)), on_send_error)
-        elif end == _EOF:
-            raise PeerGone(endpoint=src.name)
         else:
-            if src_io.closed:
-                raise EndpointClosed(endpoint=src.name)
-            raise io_error(src.name, OSError(code, os.strerror(code)), "read")
+            _between_batches(src, end, code)
+
+
+def _between_batches(src: PolledTap, end: int, code: int) -> None:
+    """What a C batch's end asks of the reader: wait, yield, or fail.
+
+    Raises:
+        PeerGone: end of file.
+        EndpointClosed, EndpointIOError: the read failed (closed meanwhile, or not).
+    """
+    if end == _WAIT:
+        src.io.wait_readable()  # raises EndpointClosed if closed meanwhile
+    elif end == _BUDGET:
+        gevent.sleep(0)  # the budget is spent: let the hub run
+    elif end == _EOF:
+        raise PeerGone(endpoint=src.name)
+    else:
+        if src.io.closed:
+            raise EndpointClosed(endpoint=src.name)
+        raise io_error(src.name, OSError(code, os.strerror(code)), "read")
+
+
+def _relay_udp(src: PolledTap, dst: Any, on_send_error: Callable[..., Any]) -> None:
+    """The C batch to a tunnel with one peer (``relay_batch_to_udp``): frames read
+    from ``src`` leave as datagrams in sendmmsg batches; one that needs cutting or
+    finishing first is handed back and sent by the tunnel port's own ``send``."""
+    to_udp, size = _relay_batch_to_udp, src.max_frame_size
+    buf = bytearray(max(_GATHER, 2 * size))
+    view = memoryview(buf)
+    header = src.layout.header_size
+    rx_c, src_io, budget = src.counters, src.io, src.io.budget
+    while True:
+        fd = src_io.holder.fd
+        if fd < 0:
+            raise EndpointClosed(endpoint=src.name)
+        prefix, address = dst.udp_relay
+        end, code, rx, rx_bytes, tx, tx_bytes, back_at, back_len, failures = to_udp(
+            fd, dst.io.holder.fd, buf, budget, size, header, prefix, address
+        )
+        rx_c.rx_packets += rx
+        rx_c.rx_bytes += rx_bytes
+        try:
+            dst.udp_sent(tx, tx_bytes, failures)
+            if end == _HANDBACK:
+                dst.send(view[back_at : back_at + back_len])
+        except FrameRejected:
+            pass  # counted by the port
+        except GreentapError as exc:
+            on_send_error(exc)
+        _between_batches(src, _BUDGET if end == _HANDBACK else end, code)
 
 
 def write_again(fd: int, frame: Any, write: Callable[[int, Any], Any] = os.write) -> OSError | None:

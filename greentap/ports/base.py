@@ -19,6 +19,7 @@ from typing import Any
 from greentap.core.counters import DeviceCounters
 from greentap.core.ratelimit import TokenBucket
 from greentap.errors import GreentapError
+from greentap.green import relay
 from greentap.green.polled import PolledTap
 
 __all__ = ["FramePort", "Port"]
@@ -149,7 +150,13 @@ class FramePort(Port):
     def relay_to(
         self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
     ) -> bool:
-        """The relay of :meth:`PolledTap.relay_to <greentap.green.polled.PolledTap.relay_to>`."""
+        """The relay of :meth:`PolledTap.relay_to <greentap.green.polled.PolledTap.relay_to>`.
+
+        Returns False at once for a sink the relay cannot serve with these
+        mirrors (a tunnel's, with mirrors or without the C loop).
+        """
+        if not relay.takes(sink, mirrors):
+            return False
         self.polled.relay_to(sink, on_send_error, mirrors)
         return True  # pragma: no cover - relay_to only ends by raising
 

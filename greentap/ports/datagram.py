@@ -36,6 +36,7 @@ import collections
 import errno
 import os
 import socket
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from greentap.core.counters import DeviceCounters
 from greentap.core.verdicts import Verdict, drop_reason, write_verdict
 from greentap.device.fd import FdHolder
 from greentap.errors import EndpointClosed, EndpointSyntaxError, EndpointUnavailable
+from greentap.green import relay
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.ports.superframes import MAX_DATAGRAM, Address, SuperFrames
 
@@ -243,9 +245,47 @@ class DatagramPort(SuperFrames):
         """The socket a frame (no vnet header) leaves by; None: the port's own."""
         return None
 
+    # --- the wire's C relay to this port --------------------------------------
+    @property
+    def io(self) -> GreenFd:
+        """The socket on the hub (what a relay sends through)."""
+        return self._io
+
+    def _offer_relay(self) -> None:
+        """Let the wire's C relay send to this port (:attr:`sink`) when every frame
+        goes the same way: one remote, from the port's own socket, no limit of
+        the port's own to apply.  Called by subclasses once they are set up."""
+        host, port = self.remotes[0]
+        if relay.takes_udp and len(self.remotes) == 1 and "%" not in host:
+            self.udp_relay: tuple[bytes, bytes] | None = (
+                self._prefix, _sockaddr(self.family, host, port)
+            )  # fmt: skip
+            self.sink = self
+
+    def udp_sent(self, tx: int, tx_bytes: int, failures: dict[int, int]) -> None:
+        """Count what a C relay batch sent to the remote and what the kernel refused.
+
+        Raises:
+            EndpointClosed: the port was closed.
+        """
+        addr = self.remotes[0]
+        if tx:
+            self._sent(addr, tx, tx_bytes)
+        for code, count in failures.items():
+            self._send_failed(OSError(code, os.strerror(code)), addr, count)
+
     def close(self) -> None:
         """Close the socket; a greenlet blocked in recv_into gets EndpointClosed."""
         self._io.close("endpoint was closed")
+
+
+def _sockaddr(family: int, host: str, port: int) -> bytes:
+    """``struct sockaddr_in`` or ``sockaddr_in6`` for ``(host, port)``, as the kernel takes it."""
+    packed = socket.inet_pton(family, host)
+    head = struct.pack("=H", family) + struct.pack("!H", port)
+    if family == socket.AF_INET6:
+        return head + bytes(4) + packed + bytes(4)  # flowinfo, address, scope id
+    return head + packed + bytes(8)
 
 
 def source_sockets(

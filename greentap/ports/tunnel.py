@@ -67,6 +67,8 @@ class UdpPort(DatagramPort):
         self._peer = self.remotes[0]
         self._peers = (self._peer,)
         self.mtu = mtu
+        if mtu is None:
+            self._offer_relay()
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
@@ -161,6 +163,8 @@ class VxlanPort(DatagramPort):
             except BaseException:
                 self.close()
                 raise
+        else:
+            self._offer_relay()
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
