@@ -105,7 +105,10 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and relay loop")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
-        print(f"{PROG} {__version__}\nrelay loop: {startup.describe_relay_loop()}")
+        print(
+            f"{PROG} {__version__}\nrelay loop: {startup.describe_relay_loop()}\n"
+            f"software offloads: {startup.describe_offloads()}"
+        )
         parser.exit(EXIT_OK)
 
 

@@ -21,6 +21,7 @@ from greentap.app.forwarder import Forwarder
 from greentap.app.privileges import drop_privileges, resolve
 from greentap.app.service import Service
 from greentap.app.stats import StatsReporter
+from greentap.core import _accel
 from greentap.core.endpoints import EndpointSpec, parse_endpoint
 from greentap.errors import UsageError
 from greentap.green import relay
@@ -75,6 +76,12 @@ class Options:
 def describe_relay_loop() -> str:
     """Which loop moves a wire's frames: ``"C"`` or ``"pure Python (why)"``."""
     return "C" if relay.LOOP == "c" else f"pure Python ({relay.LOOP_REASON})"
+
+
+def describe_offloads() -> str:
+    """What does the software offloads' per-byte work (checksums, cutting, merging):
+    ``"C"`` or ``"pure Python (why)"``."""
+    return "C" if _accel.offload is not None else f"pure Python ({_accel.REASON})"
 
 
 # Endpoint kinds whose frames carry a virtio-net header, so super-frames pass

@@ -12,10 +12,13 @@ the TAP's super-frames never shrink to 1450 bytes on the way through Python:
   the segments go one by one.  A segment over the path MTU makes the whole
   send fail (EINVAL): the segments are then sent one by one, so each is
   counted as ``tx_too_big`` as it would be without GSO;
-- in: ``UDP_GRO`` hands over many datagrams per read, and the socket is read
-  again until it is empty (a batch of up to :data:`BATCH` frames); the TCP
-  segments of one flow in a batch are merged into a super-frame
-  (:mod:`greentap.core.coalesce`).
+- in: ``UDP_GRO`` hands over many datagrams per read; a batch of up to
+  :data:`BATCH` datagrams is read (one ``recvmmsg`` in C, each datagram in its
+  own 64 KiB slot of a mapped buffer; else ``recvmsg_into`` until the socket
+  is empty), checked, opened and its TCP segments of one flow merged into
+  super-frames in one call (:func:`~greentap.core.coalesce.merge_datagrams`).
+  As a wire's source (:meth:`SuperFrames.relay_to`) the merged batch is
+  written to the TAP in one C call (``write_frames``).
 
 Counters count datagrams: a super-frame sent as 40 segments is 40 ``tx_packets``.
 """

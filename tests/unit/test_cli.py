@@ -63,18 +63,27 @@ def test_help_shows_examples_and_exit_statuses():
 
 
 def test_version_says_which_relay_loop_runs():
-    """--version prints the package version, then which relay loop runs (and why not C)."""
+    """--version prints the package version, then which relay loop runs and what does
+    the software offloads' per-byte work (and why not C)."""
+    from greentap.core import _accel
+
     out = tap_forward("--version")
     assert out.returncode == 0
-    first, second = out.stdout.strip().splitlines()
+    first, second, third = out.stdout.strip().splitlines()
     assert first == f"tap-forward {greentap.__version__}"
     assert second == (
         "relay loop: C" if relay.LOOP == "c" else f"relay loop: pure Python ({relay.LOOP_REASON})"
     )
-    pure = tap_forward("--version", env={"GREENTAP_PURE_PYTHON": "1"})
-    assert pure.stdout.strip().splitlines()[1] == (
-        "relay loop: pure Python (GREENTAP_PURE_PYTHON is set)"
+    assert third == (
+        "software offloads: C"
+        if _accel.offload is not None
+        else f"software offloads: pure Python ({_accel.REASON})"
     )
+    pure = tap_forward("--version", env={"GREENTAP_PURE_PYTHON": "1"})
+    assert pure.stdout.strip().splitlines()[1:] == [
+        "relay loop: pure Python (GREENTAP_PURE_PYTHON is set)",
+        "software offloads: pure Python (GREENTAP_PURE_PYTHON is set)",
+    ]
 
 
 def test_exit_status_mapping():
