@@ -36,7 +36,6 @@ def relay_loop(request, monkeypatch):
         monkeypatch.setattr(relay, "ring_batch", None)
         monkeypatch.setattr(relay, "_relay_batch_to_socket", None)
         monkeypatch.setattr(relay, "_relay_batch_to_udp", None)
-        monkeypatch.setattr(relay, "takes_udp", False)
         monkeypatch.setattr(relay, "recv_datagrams", None)
         monkeypatch.setattr(relay, "write_frames", None)
         monkeypatch.setattr(relay, "LOOP", "python")

@@ -129,6 +129,20 @@ checksum(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLong(sum);
 }
 
+/* Where an Ethernet frame's payload starts past any 802.1Q/802.1ad tags, its
+ * ethertype in *ethertype (greentap.core.ethernet.payload_offset); -1 when the
+ * frame ends inside its header or tags. */
+static Py_ssize_t
+payload_offset(const unsigned char *frame, Py_ssize_t len, unsigned *ethertype)
+{
+    for (Py_ssize_t at = ETH_HLEN - 2; at + 2 <= len; at += VLAN_HLEN) {
+        *ethertype = be16(frame + at);
+        if (*ethertype != 0x8100 && *ethertype != 0x88A8)
+            return at + 2;
+    }
+    return -1;
+}
+
 /* ---- segment ------------------------------------------------------------ */
 
 static PyObject *SegmentError;  /* greentap.core.segment.SegmentError, set at import */
@@ -160,17 +174,10 @@ segment_frames(const unsigned char *f, Py_ssize_t len, const unsigned char *pref
         return refuse("this gso type cannot be segmented here");
     if (gso_size == 0)
         return refuse("gso_size 0");
-    Py_ssize_t at = ETH_HLEN - 2;
     unsigned ethertype;
-    for (;;) {
-        if (at + 2 > dlen)
-            return refuse("the frame ends inside its Ethernet header");
-        ethertype = be16(data + at);
-        if (ethertype != 0x8100 && ethertype != 0x88A8)
-            break;
-        at += VLAN_HLEN;
-    }
-    Py_ssize_t ip_at = at + 2;
+    Py_ssize_t ip_at = payload_offset(data, dlen, &ethertype);
+    if (ip_at < 0)
+        return refuse("the frame ends inside its Ethernet header");
     int v4 = ethertype == 0x0800;
     if (!v4 && ethertype != 0x86DD)
         return refuse("the ethertype is not IP");
@@ -304,18 +311,12 @@ static void
 parse(Seg *s)
 {
     const unsigned char *f = s->p;
-    Py_ssize_t end = s->len, at = ETH_HLEN - 2;
+    Py_ssize_t end = s->len;
     unsigned ethertype;
     s->tcp = s->candidate = 0;
-    for (;;) {
-        if (at + 2 > end)
-            return;
-        ethertype = be16(f + at);
-        if (ethertype != 0x8100 && ethertype != 0x88A8)
-            break;
-        at += VLAN_HLEN;
-    }
-    Py_ssize_t ip_at = at + 2, l4_at, ip_end;
+    Py_ssize_t ip_at = payload_offset(f, end, &ethertype), l4_at, ip_end;
+    if (ip_at < 0)
+        return;
     int fits;
     if (ethertype == 0x0800) {
         if (ip_at + 20 > end || f[ip_at] != 0x45 || f[ip_at + 9] != 6)

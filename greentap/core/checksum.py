@@ -14,7 +14,12 @@ import struct
 
 from greentap.core._accel import offload
 
-__all__ = ["finish_checksum", "ones_complement_sum", "python_ones_complement_sum"]
+__all__ = [
+    "finish_checksum",
+    "ones_complement_sum",
+    "pseudo_header",
+    "python_ones_complement_sum",
+]
 
 _FIELD = struct.Struct("!H")
 
@@ -35,6 +40,19 @@ def python_ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
 
 # The C twin where it was built (greentap/core/_offload.c); the same results.
 ones_complement_sum = offload.checksum if offload is not None else python_ones_complement_sum
+
+
+def pseudo_header(addresses: bytes, proto: int, length: int) -> bytes:
+    """The TCP/UDP pseudo-header (RFC 793, RFC 8200 section 8.1) the checksum covers.
+
+    Args:
+        addresses: source then destination address: 8 bytes for IPv4, 32 for IPv6.
+        proto: the transport protocol (6 TCP, 17 UDP).
+        length: the transport header and payload's length.
+    """
+    if len(addresses) == 8:
+        return addresses + struct.pack("!HH", proto, length)
+    return addresses + struct.pack("!II", length, proto)
 
 
 def finish_checksum(frame: bytearray | memoryview, start: int, offset: int) -> None:

@@ -37,7 +37,8 @@ from collections.abc import Iterable
 from greentap.core import kernel_constants as kc
 from greentap.core import vxlan
 from greentap.core._accel import offload
-from greentap.core.checksum import ones_complement_sum
+from greentap.core.checksum import ones_complement_sum, pseudo_header
+from greentap.core.ethernet import payload_offset
 from greentap.core.segment import GSO_TCPV4, GSO_TCPV6
 
 __all__ = ["PLAIN_HEADER", "coalesce", "merge", "merge_datagrams", "python_merge_datagrams"]
@@ -112,11 +113,12 @@ class _Held:
             _U16.pack_into(frame, ip_at + 2, len(frame) - ip_at)
             _U16.pack_into(frame, ip_at + 10, 0)
             _U16.pack_into(frame, ip_at + 10, ~ones_complement_sum(frame[ip_at:l4_at]) & 0xFFFF)
-            pseudo = bytes(frame[ip_at + 12 : ip_at + 20]) + struct.pack("!HH", 6, tcp_length)
+            addresses = bytes(frame[ip_at + 12 : ip_at + 20])
         else:
             _U16.pack_into(frame, ip_at + 4, tcp_length)
-            pseudo = bytes(frame[ip_at + 8 : ip_at + 40]) + struct.pack("!II", tcp_length, 6)
+            addresses = bytes(frame[ip_at + 8 : ip_at + 40])
         # CHECKSUM_PARTIAL: the field holds the pseudo-header's sum; the rest is the NIC's.
+        pseudo = pseudo_header(addresses, 6, tcp_length)
         _U16.pack_into(frame, l4_at + _TCP_SUM_AT, ones_complement_sum(pseudo))
         header = _VNET.pack(
             kc.VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -133,18 +135,13 @@ def _parse(frame: Frame) -> _Parsed | None:
     """What coalescing needs to know of a TCP/IP frame, or None for anything else.
 
     Returns:
-        ``(flow, match, seq, payload, headers, l4_at, v4, candidate, ip_at, flags)``.
+        ``(flow, match, seq, payload, headers, l4_at, v4, candidate, l4_len, flags)``.
     """
-    at = kc.ETH_HLEN - 2
+    found = payload_offset(frame)
+    if found is None:
+        return None
+    ip_at, ethertype = found
     end = len(frame)
-    while True:
-        if at + 2 > end:
-            return None
-        ethertype = frame[at] << 8 | frame[at + 1]
-        if ethertype != kc.ETH_P_8021Q and ethertype != kc.ETH_P_8021AD:
-            break
-        at += kc.VLAN_HLEN
-    ip_at = at + 2
     if ethertype == 0x0800:
         if ip_at + 20 > end or frame[ip_at] != 0x45 or frame[ip_at + 9] != 6:
             return None
@@ -196,13 +193,11 @@ def _checks(
 ) -> bool:
     """Whether the IPv4 header checksum and the TCP checksum both verify."""
     view = memoryview(frame)
-    if v4:
-        if ones_complement_sum(view[ip_at:l4_at]) != 0xFFFF:
-            return False
-        pseudo = addresses + struct.pack("!HH", 6, tcp_length)
-    else:
-        pseudo = addresses + struct.pack("!II", tcp_length, 6)
-    return ones_complement_sum(pseudo + bytes(view[l4_at:])) == 0xFFFF
+    if v4 and ones_complement_sum(view[ip_at:l4_at]) != 0xFFFF:
+        return False
+    return (
+        ones_complement_sum(pseudo_header(addresses, 6, tcp_length) + bytes(view[l4_at:])) == 0xFFFF
+    )
 
 
 def coalesce(frames: Iterable[Frame]) -> list[bytearray]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from greentap.core.kernel_constants import ETH_ALEN
+from greentap.core.kernel_constants import ETH_ALEN, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN
 
 BROADCAST = b"\xff" * ETH_ALEN
 
@@ -54,3 +54,21 @@ def is_multicast(mac: bytes | bytearray | memoryview) -> bool:
         True when the I/G bit of the first octet is set.
     """
     return bool(mac[0] & 1)
+
+
+def payload_offset(frame: bytes | bytearray | memoryview, at: int = 0) -> tuple[int, int] | None:
+    """Where the payload of the Ethernet frame at ``frame[at:]`` starts, past any
+    802.1Q/802.1ad tags, and its ethertype.
+
+    Returns:
+        ``(offset in frame, ethertype)``, or None when the frame ends inside its
+        Ethernet header or tags.
+    """
+    type_at, end = at + ETH_HLEN - 2, len(frame)
+    while True:
+        if type_at + 2 > end:
+            return None
+        ethertype = frame[type_at] << 8 | frame[type_at + 1]
+        if ethertype != ETH_P_8021Q and ethertype != ETH_P_8021AD:
+            return type_at + 2, ethertype
+        type_at += VLAN_HLEN

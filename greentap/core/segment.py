@@ -27,7 +27,8 @@ import struct
 
 from greentap.core import kernel_constants as kc
 from greentap.core._accel import offload
-from greentap.core.checksum import finish_checksum, ones_complement_sum
+from greentap.core.checksum import finish_checksum, ones_complement_sum, pseudo_header
+from greentap.core.ethernet import payload_offset
 
 __all__ = [
     "GSO_TCPV4",
@@ -48,7 +49,6 @@ GSO_UDP_L4 = 5
 GSO_ECN = 0x80
 
 _VNET = struct.Struct("=BBHHHH")
-_ETHERTYPE = struct.Struct("!H")
 _IPV4_SUM_AT, _IPV4_ID_AT, _IPV4_LEN_AT = 10, 4, 2
 _IPV6_LEN_AT = 4
 _TCP_SEQ_AT, _TCP_FLAGS_AT, _TCP_SUM_AT = 4, 13, 16
@@ -64,18 +64,6 @@ class SegmentError(ValueError):
 
 if offload is not None:
     offload.set_segment_error(SegmentError)  # what its segment() raises
-
-
-def _ip_offset(frame: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """The IP header's offset after the Ethernet header and its tags, and its ethertype."""
-    at = kc.ETH_HLEN - 2
-    while True:
-        if at + 2 > len(frame):
-            raise SegmentError("the frame ends inside its Ethernet header")
-        (ethertype,) = _ETHERTYPE.unpack_from(frame, at)
-        if ethertype not in (kc.ETH_P_8021Q, kc.ETH_P_8021AD):
-            return at + 2, ethertype
-        at += kc.VLAN_HLEN
 
 
 def segment(frame: bytes | bytearray | memoryview) -> list[bytearray]:
@@ -101,7 +89,10 @@ def segment(frame: bytes | bytearray | memoryview) -> list[bytearray]:
         raise SegmentError(f"gso type {gso_type} cannot be segmented here")
     if gso_size == 0:
         raise SegmentError("gso_size 0")
-    ip_at, ethertype = _ip_offset(data)
+    found = payload_offset(data)
+    if found is None:
+        raise SegmentError("the frame ends inside its Ethernet header")
+    ip_at, ethertype = found
     v4 = ethertype == 0x0800
     if not v4 and ethertype != 0x86DD:
         raise SegmentError(f"ethertype {ethertype:#06x} is not IP")
@@ -165,9 +156,7 @@ def segment(frame: bytes | bytearray | memoryview) -> list[bytearray]:
             struct.pack_into("!H", seg, l4_at + _UDP_LEN_AT, l4_total)
             at = l4_at + _UDP_SUM_AT
         struct.pack_into("!H", seg, at, 0)
-        pseudo = src_dst + struct.pack("!II" if not v4 else "!HH", *(
-            (l4_total, proto) if not v4 else (proto, l4_total)
-        ))  # fmt: skip
+        pseudo = pseudo_header(src_dst, proto, l4_total)
         l4_sum = ~ones_complement_sum(pseudo + bytes(memoryview(seg)[l4_at:])) & 0xFFFF
         struct.pack_into("!H", seg, at, l4_sum or (0xFFFF if not tcp else 0))
         out.append(seg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+from greentap.core.ethernet import payload_offset
 from greentap.core.kernel_constants import ETH_HLEN
 
 VXLAN_PORT = 4789  # IANA
@@ -92,13 +93,11 @@ def flow_hash(frame: bytes | bytearray | memoryview) -> int:
     dissector it covers the MAC addresses, the IP addresses and the TCP or UDP
     ports (not those of a later fragment), behind any VLAN tags.
     """
-    at, end = ETH_HLEN - 2, len(frame)
-    while at + 2 <= end and frame[at : at + 2] in (b"\x81\x00", b"\x88\xa8"):
-        at += 4
     key = bytes(frame[:12])
-    ip = at + 2
-    if at + 2 <= end:
-        ethertype = frame[at] << 8 | frame[at + 1]
+    found = payload_offset(frame)
+    if found is not None:
+        ip, ethertype = found
+        end = len(frame)
         if ethertype == 0x0800 and ip + 20 <= end:
             ihl = (frame[ip] & 0xF) * 4
             key += bytes(frame[ip + 12 : ip + 20])

@@ -39,7 +39,9 @@ __all__ = [
     "python_write_frames",
     "ring_batch",
     "send_counted",
+    "sends_udp",
     "takes",
+    "write_all",
     "write_again",
     "write_failed",
 ]
@@ -99,8 +101,9 @@ LOOP = "c" if _relay_batch is not None else "python"
 _BUDGET, _WAIT, _EOF, _READ_ERROR, _WRITE_ERROR, _HANDBACK = range(6)
 
 
-#: Whether the C relay can send to a tunnel port (``relay_batch_to_udp`` was built).
-takes_udp = _relay_batch_to_udp is not None
+def sends_udp() -> bool:
+    """Whether the C relay can send to a tunnel port (``relay_batch_to_udp`` was built)."""
+    return _relay_batch_to_udp is not None
 
 
 def takes(sink: Any, mirrors: Any) -> bool:
@@ -109,9 +112,7 @@ def takes(sink: Any, mirrors: Any) -> bool:
     A tunnel's sink (``udp_relay``: datagrams to one peer) is served only by
     the C loop without mirrors; every other sink by both loops.
     """
-    return getattr(sink, "udp_relay", None) is None or (
-        _relay_batch_to_udp is not None and not mirrors
-    )
+    return getattr(sink, "udp_relay", None) is None or (sends_udp() and not mirrors)
 
 
 Mirror = Callable[[Any], Any]
@@ -377,6 +378,19 @@ def _relay_python(
             src_io.wait_readable()  # raises EndpointClosed if closed meanwhile
         else:
             sleep(0)  # the budget is spent: let the hub run
+
+
+def write_all(frames: list[Any], sink: Sink, on_send_error: Callable[..., Any]) -> None:
+    """Write a list of frames to ``sink``, one write each (in C where it was built),
+    counted on the sink as every relay counts; a FAILED verdict is reported
+    (:func:`write_failed`) and the rest is still written."""
+    write = write_frames or python_write_frames
+    at = 0
+    while at < len(frames):
+        end, code, at, *counts = write(sink.io.holder.fd, frames, at)
+        publish(sink.counters, sink.counters, 0, 0, *counts)
+        if end == _WRITE_ERROR:
+            write_failed(sink, OSError(code, os.strerror(code)), on_send_error)
 
 
 def python_write_frames(

@@ -152,19 +152,25 @@ class DatagramPort(SuperFrames):
             try:
                 nbytes, _, flags, sender = io.read(_recvmsg_into, buffers)
             except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                # ICMP errors from earlier sends surface here: not the port's
-                # death.  Their details wait in the error queue, which must be
-                # emptied (it keeps the socket readable).  Counted against the
-                # budget all the same.
-                self._read_error_queue()
-                io.count()
+                self._recv_failed(exc)
+                io.count()  # counted against the budget all the same
                 continue
             if flags & socket.MSG_TRUNC:
                 self._drop("rx_truncated")
                 continue
             return nbytes, sender
+
+    def _recv_failed(self, exc: OSError) -> None:
+        """A read failed, not for EAGAIN: the socket was closed, or ICMP errors from
+        earlier sends surfaced.  Those are not the port's death: their details wait
+        in the error queue, which must be emptied (it keeps the socket readable).
+
+        Raises:
+            EndpointClosed: the socket was closed.
+        """
+        if exc.errno in (errno.EBADF, errno.ENOTSOCK) or self._io.closed:
+            raise EndpointClosed("socket was closed", endpoint=self.name) from exc
+        self._read_error_queue()
 
     def _read_error_queue(self, sock: Any = None) -> None:
         """Take every ICMP error the kernel queued on ``sock`` (default: the port's
@@ -256,7 +262,7 @@ class DatagramPort(SuperFrames):
         goes the same way: one remote, from the port's own socket, no limit of
         the port's own to apply.  Called by subclasses once they are set up."""
         host, port = self.remotes[0]
-        if relay.takes_udp and len(self.remotes) == 1 and "%" not in host:
+        if relay.sends_udp() and len(self.remotes) == 1 and "%" not in host:
             self.udp_relay: tuple[bytes, bytes] | None = (
                 self._prefix, _sockaddr(self.family, host, port)
             )  # fmt: skip

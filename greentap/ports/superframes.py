@@ -29,7 +29,6 @@ import _socket  # never monkey-patched: greentap does its own waiting
 import collections
 import errno
 import mmap
-import os
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ import gevent
 
 from greentap.core import kernel_constants as kc
 from greentap.core.coalesce import merge_datagrams
+from greentap.core.ethernet import payload_offset
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.segment import SegmentError, cut, finished
 from greentap.errors import EndpointClosed, GreentapError
@@ -58,7 +58,6 @@ _READ = MAX_DATAGRAM + 1024  # room for one read: a datagram, or what GRO joined
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _GSO_FIELDS = struct.Struct("=HH")  # the vnet header's gso_size and csum_start
-_WRITE_ERROR = 4  # how a write_frames batch ends on a FAILED verdict (greentap/green/_relay.c)
 
 Address = tuple[str, int]
 
@@ -253,13 +252,10 @@ class SuperFrames(SuperFrameSends):
         last) came from a remote; if not they are dropped and counted here."""
         raise NotImplementedError
 
-    def _accept(self, n: int) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
-
     def _drop(self, reason: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _read_error_queue(self, sock: Any = None) -> None:  # pragma: no cover - interface
+    def _recv_failed(self, exc: OSError) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def _recv_merged(self, buffer: bytearray | memoryview) -> int:
@@ -293,26 +289,14 @@ class SuperFrames(SuperFrameSends):
         """
         if not self.offload or mirrors:
             return False
-        write = relay.write_frames or relay.python_write_frames
-        pending, counters, budget = self._pending, sink.counters, self._io.budget
+        pending, budget = self._pending, self._io.budget
         written = 0
         while True:
             while not pending:
                 self._fill()
             frames = list(pending)
             pending.clear()
-            at = 0
-            while at < len(frames):
-                end, code, at, tx, tx_bytes, dropped, link_down, errors = write(
-                    sink.io.holder.fd, frames, at
-                )
-                counters.tx_packets += tx
-                counters.tx_bytes += tx_bytes
-                counters.tx_dropped += dropped
-                counters.tx_link_down += link_down
-                counters.tx_errors += errors
-                if end == _WRITE_ERROR:
-                    relay.write_failed(sink, OSError(code, os.strerror(code)), on_send_error)
+            relay.write_all(frames, sink, on_send_error)
             written += len(frames)
             if written >= budget:  # never starve the hub: as the other relays yield
                 written = 0
@@ -373,9 +357,7 @@ class SuperFrames(SuperFrameSends):
             except BlockingIOError:
                 raise
             except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or self._io.closed:
-                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                self._read_error_queue()
+                self._recv_failed(exc)
 
     def _read_batch(self, buffer: memoryview, *, wait: bool) -> tuple[int, int, Any] | None:
         """One read into ``buffer`` of a datagram, or of many that GRO joined:
@@ -397,9 +379,7 @@ class SuperFrames(SuperFrameSends):
             except BlockingIOError:
                 return None
             except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK) or io.closed:
-                    raise EndpointClosed("socket was closed", endpoint=self.name) from exc
-                self._read_error_queue()  # as in _receive
+                self._recv_failed(exc)
                 io.count()
                 continue
             if flags & socket.MSG_TRUNC:
@@ -413,11 +393,10 @@ class SuperFrames(SuperFrameSends):
 
 
 def _l2_length(frame: Any, at: int) -> int:
-    """The Ethernet header's length, tags included, of the frame at ``frame[at:]``."""
-    tpid = at + kc.ETH_HLEN - 2
-    while frame[tpid : tpid + 2] in (b"\x81\x00", b"\x88\xa8"):
-        tpid += kc.VLAN_HLEN
-    return tpid + 2 - at
+    """The Ethernet header's length, tags included, of the frame at ``frame[at:]``
+    (all of it when it ends inside them)."""
+    found = payload_offset(frame, at)
+    return (found[0] if found is not None else len(frame)) - at
 
 
 def _recv_gro(sock: Any, buffers: tuple[Any, ...]) -> tuple[int, list[Any], int, Any]:
