@@ -3,6 +3,7 @@
 import os
 import socket
 
+import gevent
 import pytest
 
 from greentap.green import relay
@@ -15,6 +16,23 @@ def must_run():
     return os.environ.get("CI", "").lower() in ("1", "true", "yes") or any(
         os.environ.get(name) for name in ("GREENTAP_REQUIRE_PRIVILEGED", "GREENTAP_REQUIRE_C")
     )
+
+
+def settle(predicate, timeout=2, interval=0.001):
+    """Let the hub run until ``predicate()`` is true; AssertionError after ``timeout`` s."""
+    with gevent.Timeout(timeout, AssertionError("condition not reached")):
+        while not predicate():
+            gevent.sleep(interval)
+
+
+def drain(sock):
+    """Every datagram or frame waiting on the non-blocking ``sock``, in order."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(70000))
+        except BlockingIOError:
+            return out
 
 
 def open_fds():

@@ -22,6 +22,7 @@ from greentap.ports.base import FramePort
 from greentap.ports.pcap import PcapPort
 from greentap.ports.tap import TapPort
 from greentap.ports.tunnel import VxlanPort
+from tests.conftest import settle as shared_settle
 from tests.privileged.conftest import python_env, unique
 from tests.privileged.topology import SCRIPT, TapForward, hosts
 
@@ -303,9 +304,8 @@ def send(sock, frame):
 
 
 def settle(predicate, timeout=3):
-    with gevent.Timeout(timeout, AssertionError("condition not reached")):
-        while not predicate():
-            gevent.sleep(0.005)
+    """As tests.conftest.settle, 3 s by default, looking every 5 ms."""
+    shared_settle(predicate, timeout, interval=0.005)
 
 
 def udp_socket(host):

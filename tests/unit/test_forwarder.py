@@ -18,6 +18,7 @@ from greentap.green import relay
 from greentap.green.fdio import DEFAULT_BUDGET
 from greentap.green.polled import Tap
 from greentap.ports.base import FramePort
+from tests.conftest import drain, settle
 
 A, B, C = (bytes.fromhex(f"02000000000{i}") for i in (1, 2, 3))
 BCAST = b"\xff" * 6
@@ -49,17 +50,10 @@ class Rig:
         )
 
     def drain(self, i):
-        out = []
-        while True:
-            try:
-                out.append(self.peers[i].recv(70000))
-            except BlockingIOError:
-                return out
+        return drain(self.peers[i])
 
     def settle(self, predicate, timeout=2):
-        with gevent.Timeout(timeout, AssertionError("condition not reached")):
-            while not predicate():
-                gevent.sleep(0.001)
+        settle(predicate, timeout)
 
     def close(self):
         self.fwd.stop()

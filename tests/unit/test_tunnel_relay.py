@@ -17,6 +17,7 @@ from greentap.core.layout import FrameLayout
 from greentap.green.polled import Tap
 from greentap.ports.base import FramePort
 from greentap.ports.tunnel import UdpPort, VxlanPort
+from tests.conftest import settle
 from tests.unit.test_segment import super_frame
 
 # Every test here runs with the C relay loop (when built) and the Python one.
@@ -76,11 +77,6 @@ class Wire:
             raise AssertionError(f"{len(out)} of {n} datagrams") from None
         return out
 
-    def settle(self, predicate, timeout=3):
-        with gevent.Timeout(timeout, AssertionError("condition not reached")):
-            while not predicate():
-                gevent.sleep(0.001)
-
     def close(self):
         self.fwd.stop()
         self.host.close()
@@ -115,7 +111,7 @@ def test_frames_from_the_tap_leave_as_one_datagram_each(wire, kind, relay_loop):
     sent = frames(150)
     gevent.spawn(w.send, sent)
     assert w.receive(150) == [w.prefix + f for f in sent]
-    w.settle(lambda: w.tunnel.counters.tx_packets == 150)
+    settle(lambda: w.tunnel.counters.tx_packets == 150, timeout=3)
     assert w.frame_port.counters.rx_packets == 150
     assert w.tunnel.counters.tx_bytes == sum(len(w.prefix) + len(f) for f in sent)
     assert w.fwd.relay_loop()[0] == relay_loop
@@ -141,10 +137,10 @@ def test_a_peer_that_does_not_listen_is_counted_and_reported(wire):
     counted as tx_unreachable and peer_unreachable is logged once."""
     w = wire("udp", closed_peer=True)
     w.send(frames(200))
-    w.settle(lambda: w.frame_port.counters.rx_packets == 200)
-    w.settle(lambda: w.tunnel.drops.get("tx_unreachable", 0) > 0)
+    settle(lambda: w.frame_port.counters.rx_packets == 200, timeout=3)
+    settle(lambda: w.tunnel.drops.get("tx_unreachable", 0) > 0, timeout=3)
     events = [e for e in w.logs if e.get("event") == "peer_unreachable"]
     assert len(events) == 1 and events[0]["remote"] == "{}:{}".format(*w.peer_address)
     c = w.tunnel.counters
-    w.settle(lambda: c.tx_packets + c.tx_errors == 200)  # each frame sent or refused
+    settle(lambda: c.tx_packets + c.tx_errors == 200, timeout=3)  # each frame sent or refused
     assert c.tx_errors > 0 and c.tx_dropped == 0

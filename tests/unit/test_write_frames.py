@@ -8,6 +8,7 @@ import pytest
 
 from greentap.core.verdicts import WRITE_VERDICTS, Verdict, table
 from greentap.green import relay
+from tests.conftest import drain
 
 C = relay.write_frames
 WRITERS = {"c": C, "python": relay.python_write_frames}
@@ -22,15 +23,6 @@ def pair(rcvbuf=None):
         b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     return a, b
-
-
-def drain(sock):
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(70000))
-        except BlockingIOError:
-            return out
 
 
 FRAMES = [bytearray(bytes([i]) * (60 + 37 * i)) for i in range(40)]
