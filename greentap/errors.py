@@ -46,6 +46,7 @@ __all__ = [
     "NotATapDevice",
     "OpenTunFailed",
     "PeerError",
+    "PeerBrokeFraming",
     "PeerGone",
     "PrivilegeDropFailed",
     "SetTapAttributes",
@@ -251,6 +252,14 @@ class PeerGone(PeerError):
     """The other side of an fd is gone: a read returned end of file."""
 
     default_reason = "end of file: the other side of the fd is gone"
+
+
+class PeerBrokeFraming(PeerError):
+    """The other side of a stream sent what is not a frame behind its length
+    (a length over the largest frame, or garbage): nothing after it can be
+    trusted, so the connection is closed."""
+
+    default_reason = "the peer broke the stream's framing"
 
 
 # --- nobody's fault -------------------------------------------------------------

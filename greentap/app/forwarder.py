@@ -18,11 +18,22 @@ every port about once a second, and ports report state changes (a link
 down or up, a peer unreachable, a full disk) through their ``notify``,
 which logs each change once.  The forwarder never stops by itself: whoever
 runs it decides (``stop()``, a signal).
+
+Ports may join and leave while it runs (:meth:`Forwarder.add_port`,
+:meth:`Forwarder.remove_port`): the connections a listening endpoint
+accepts join this way and leave when they disconnect.  Two ports make a
+wire, any other number a switch; when a join or a leave changes which, the
+other ports' pumps are rewired: each is interrupted only where it waits for
+a frame, never with one in hand, so no frame is lost on them.  A port that
+left is forgotten: its MAC addresses at once, and its line in
+:meth:`~Forwarder.stats` (and so its metrics series); a listener's
+connection hands its counters to the listener, whose totals keep them.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,10 +42,9 @@ import gevent
 from greentap.app.logs import library_logger
 from greentap.app.pumps import admission, mirror_sends, switch, wire
 from greentap.app.service import Service
-from greentap.core.ethernet import format_mac
-from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, LearningSwitch
-from greentap.errors import EndpointClosed, GreentapError, UsageError
-from greentap.green import relay
+from greentap.app.topology import Topology
+from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
+from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
 from greentap.ports.base import Port
 
 __all__ = ["DEFAULT_KEEP_WARM", "Forwarder"]
@@ -46,6 +56,11 @@ DEFAULT_KEEP_WARM = 0.001
 KEEP_WARM_LINGER = 5.0
 _KEEP_WARM_TICKS = 100  # ticks between two looks at the counters
 _IDLE_CHECK = 0.05  # seconds between looks at the counters while idle
+_ACCEPT_PAUSE = 0.1  # seconds a listener rests after accept failed for want of resources
+
+
+class _Rewire(Exception):
+    """Thrown into a pump waiting for a frame: the ports changed, start over."""
 
 
 class Forwarder(Service):
@@ -70,8 +85,8 @@ class Forwarder(Service):
             flows; None or 0 turns it off.
 
     Raises:
-        UsageError: fewer than two ports, or ports with different header sizes
-            (a ValueError).
+        UsageError: fewer than two ports and no listening one, or ports with
+            different header sizes (a ValueError).
     """
 
     def __init__(
@@ -85,40 +100,40 @@ class Forwarder(Service):
         monitor_interval: float = 1.0,
         keep_warm: float | None = DEFAULT_KEEP_WARM,
     ) -> None:
-        ports = list(ports)
-        data = [p for p in ports if p.readable]
-        # Indices 0..len(data)-1 are the switch's port numbers.
-        self.mirrors = [p for p in ports if not p.readable]
-        if len(data) < 2:
-            raise UsageError("a forwarder needs at least two ports that carry traffic")
-        headers = {p.header_size for p in data}
-        if len(headers) != 1:
-            sizes = ", ".join(f"{p.name}: {p.header_size}" for p in data)
-            raise UsageError(
-                f"every endpoint must carry frames with the same header (vnet header) "
-                f"size, not {sizes}: open them all with or all without offloads"
-            )
+        self.topology = Topology(ports, aging=aging, max_entries=max_entries)
         super().__init__(logger=logger or library_logger("greentap.forwarder"), hub=hub)
-        self.ports = data + self.mirrors
-        self.mode = "wire" if len(data) == 2 else "switch"
-        self.switch = (
-            LearningSwitch(len(data), aging=aging, max_entries=max_entries)
-            if self.mode == "switch"
-            else None
-        )
-        self._header = headers.pop()
-        self.failed: dict[int, str] = {}  # port index -> error text
+        self.mirrors = self.topology.mirrors
+        self._header = self.topology.header
+        self.failed: dict[int, str] = {}  # port number -> error text
         self.monitor_interval = monitor_interval
         self.keep_warm = keep_warm
-        for port in self.ports:
+        for port in self.topology.everything():
             port.notify = functools.partial(self._port_event, port)
-        self._pumps: list[gevent.Greenlet] = []
+        self._pumps: dict[int, gevent.Greenlet] = {}
+        self._running: weakref.WeakSet[gevent.Greenlet] = weakref.WeakSet()
+        self._mode = self.topology.mode
+
+    @property
+    def ports(self) -> list[Port]:
+        """Every port now: those carrying traffic, then listeners, then mirrors."""
+        return self.topology.everything()
+
+    @property
+    def mode(self) -> str:
+        """``"wire"`` (two ports carry traffic) or ``"switch"`` (any other number)."""
+        return self.topology.mode
+
+    @property
+    def switch(self) -> Any:
+        """The :class:`~greentap.core.switching.LearningSwitch` in switch mode, else None."""
+        return self.topology.switch if self.mode == "switch" else None
 
     # --- lifecycle --------------------------------------------------------
     def _start(self) -> None:
-        for index, port in enumerate(self.ports):
-            if port.readable:
-                self._spawn_pump(index)
+        for index, _ in self.topology.data():
+            self._spawn_pump(index)
+        for listener in self.topology.listeners:
+            self.spawn(self._accept_loop, listener)
         if self.monitor_interval:
             self.spawn(self._monitor)
         if self.keep_warm:
@@ -134,27 +149,95 @@ class Forwarder(Service):
 
     def relay_loop(self) -> tuple[str, str | None]:
         """Which loop moves the frames: ``("c", None)`` or ``("python", why)``."""
-        if self.mode == "switch":
-            return "python", f"a switch of {len(self.ports) - len(self.mirrors)} ports"
-        if self.mirrors:
-            return "python", "a mirror gets every frame"
-        if any(p.policer is not None for p in self.ports):
-            return "python", "a rate limit polices the frames"
-        if not all(p.sink is not None for p in self.ports):
-            return "python", "an endpoint is not a TAP or a packet: interface with offloads"
-        return relay.LOOP, relay.LOOP_REASON
+        return self.topology.relay_loop()
 
     def _spawn_pump(self, index: int) -> None:
         g = gevent.spawn(self._pump, index)
-        g.name = f"greentap-{self.ports[index].name}"
-        self._pumps = [other for other in self._pumps if not other.dead]
-        self._pumps.append(g)
+        g.name = f"greentap-{self.topology.slots[index].name}"  # type: ignore[union-attr]
+        self._pumps[index] = g
 
     def _stop(self, timeout: float) -> None:
         for port in self.ports:
             port.close()  # wakes each reader with EndpointClosed
-        gevent.joinall(self._pumps, timeout=timeout)
-        gevent.killall([g for g in self._pumps if not g.dead], block=True, timeout=timeout)
+        pumps = list(self._pumps.values())
+        gevent.joinall(pumps, timeout=timeout)
+        gevent.killall([g for g in pumps if not g.dead], block=True, timeout=timeout)
+
+    # --- ports joining and leaving --------------------------------------------
+    def add_port(self, port: Port) -> int:
+        """Add a port while the forwarder runs (or before it starts).
+
+        A wire of two becomes a switch when a third joins, losing no frame.
+
+        Returns:
+            The port's number.
+
+        Raises:
+            UsageError: its header (vnet header) size differs from the others'.
+        """
+        index = self.topology.add(port)
+        port.notify = functools.partial(self._port_event, port)
+        self.log.info("endpoint_joined", ports=self.topology.count, **port.describe())
+        if self._started and not self._stopped:
+            self._spawn_pump(index)
+            self._topology_changed()
+        return index
+
+    def remove_port(self, port: Port, reason: str = "removed") -> bool:
+        """Take a port out and close it; its MAC addresses are forgotten at once.
+
+        A switch of three becomes a wire when one leaves.  Harmless for a
+        port that already left.
+
+        Returns:
+            True if the port was here.
+        """
+        index = self.topology.number(port)
+        if index is None:
+            return False
+        self.topology.remove(index)
+        self.failed.pop(index, None)
+        pump = self._pumps.pop(index, None)
+        port.close()  # its pump, if waiting, ends with EndpointClosed
+        if pump is not None and pump is not gevent.getcurrent() and not pump.dead:
+            pump.kill(block=False)
+        self.log.info("endpoint_left", endpoint=port.name, kind=port.kind, reason=reason,
+                      ports=self.topology.count, **port.counters.as_dict())  # fmt: skip
+        if not self._stopped:
+            self._topology_changed()
+        return True
+
+    def _topology_changed(self) -> None:
+        mode = self.topology.mode
+        if mode == self._mode:
+            return
+        self._mode = mode
+        loop, why = self.relay_loop()
+        self.log.info("mode_changed", mode=mode, loop=loop, ports=self.topology.count,
+                      **({"loop_reason": why} if why else {}))  # fmt: skip
+        current = gevent.getcurrent()
+        for g in list(self._running):
+            # Only pumps inside their loop: one not started yet reads the new
+            # mode when it starts.
+            if g is not current and not g.dead:
+                g.kill(_Rewire, block=False)
+
+    def _accept_loop(self, listener: Any) -> None:
+        while not self._stopped:
+            try:
+                conn = listener.accept()
+            except EndpointClosed:
+                return
+            except EndpointUnavailable as exc:  # out of fds or memory: rest, try again
+                self.log.warning("accept_failed", endpoint=listener.name, error=str(exc))
+                if self.wait(_ACCEPT_PAUSE):
+                    conn = None
+                    return
+                continue
+            if self._stopped:
+                conn.close()
+                return
+            self.add_port(conn)
 
     def reopen(self) -> None:
         """Reopen capture files moved away (log rotation) and look at every port now.
@@ -167,105 +250,96 @@ class Forwarder(Service):
         for port in self.ports:
             port.reopen()
         self.check_ports()
-        self.log.info("reopened", failed=[self.ports[i].name for i in sorted(self.failed)])
+        slots = self.topology.slots
+        self.log.info("reopened", failed=[slots[i].name for i in sorted(self.failed)])  # type: ignore[union-attr]
 
     def check_ports(self) -> None:
         """Look at every port's state once (see ``monitor_interval``)."""
-        for index, port in enumerate(self.ports):
+        for port in self.ports:
             if self._stopped:
                 return
             if port.check():
-                self._port_recovered(index)
+                index = self.topology.number(port)
+                if index is not None:
+                    self._port_recovered(index)
 
     def _monitor(self) -> None:
         while not self.wait(self.monitor_interval):
             self.check_ports()
 
     def _keep_warm(self) -> None:
-        # Measured here (2 vCPUs): a process woken from idle takes ~0.1 ms
-        # longer to run than one woken within the last millisecond, for C
-        # and Python alike.  So while traffic flows, tick every `keep_warm`
-        # seconds; once it stops, look only every IDLE_CHECK seconds.
-        counters = [p.counters for p in self.ports if p.readable]
-        interval, sleep, clock = self.keep_warm, gevent.sleep, self._hub.loop.now
-        seen, last_active = -1, -KEEP_WARM_LINGER
-        while not self._stopped:
-            total = sum(c.rx_packets for c in counters)
-            now = clock()
-            if total != seen:
-                seen, last_active = total, now
-            if now - last_active < KEEP_WARM_LINGER:
-                for _ in range(_KEEP_WARM_TICKS):
-                    sleep(interval)
-            else:
-                sleep(_IDLE_CHECK)
+        keep_warm(self, self.keep_warm)  # type: ignore[arg-type]  # set: this runs only then
 
     # --- introspection ----------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Return counters for every port and the switch as plain data."""
-        switch = self.switch
-        return {
-            "mode": self.mode,
-            "ports": [
-                {
-                    **p.describe(),
-                    **p.counters.as_dict(),
-                    "drops": dict(p.drops),
-                    "failed": self.failed.get(i),
-                }
-                for i, p in enumerate(self.ports)
-            ],
-            "switch": None
-            if switch is None
-            else {
-                "runts": switch.runts,
-                "filtered": switch.filtered,
-                "flooded": switch.flooded,
-                "mac_table": switch.table.stats(),
-            },
-        }
+        """Return counters for every port and the switch as plain data.
+
+        Ports are listed as :attr:`ports` lists them; one that left is not (a
+        listener's connection: its counters are in the listener's line).
+        """
+        return self.topology.stats(self.mode, self.failed)
 
     def mac_table(self) -> list[tuple[str, str, float]]:
         """Return the learned addresses as ``[(mac, port name, age seconds)]``."""
-        if self.switch is None:
-            return []
-        now = self._hub.loop.now()
-        return [
-            (format_mac(mac), self.ports[port].name, age)
-            for mac, port, age in self.switch.table.entries(now)
-        ]
+        return self.topology.mac_table(self._hub.loop.now()) if self.switch is not None else []
 
     # --- the per-port loops -----------------------------------------------
     def _pump(self, index: int) -> None:
-        port = self.ports[index]
+        port = self.topology.slots[index]
+        assert port is not None
         admit = admission(port, self._hub.loop.now)
         mirrors = mirror_sends(self.mirrors, self._header)
+        self._running.add(gevent.getcurrent())  # from here on a _Rewire is caught
         try:
-            if self.switch is None:
-                out = 1 - index
-                wire(port, self.ports[out], lambda exc: self._send_failed(out, exc), admit, mirrors)
-            else:
-                switch(
-                    index, self.ports, self.switch, self._send_failed, admit, mirrors,
-                    self._header, self._hub.loop.now,
-                )  # fmt: skip
-        except EndpointClosed:
+            while True:
+                try:
+                    self._forward(index, port, admit, mirrors)
+                except _Rewire:
+                    continue  # thrown only where the pump waits: no frame in hand
+        except EndpointClosed as exc:
+            if getattr(port, "transient", False) and not self._stopped:
+                self.remove_port(port, reason=exc.reason)
             return  # stop() or a failure closed the port
         except GreentapError as exc:
+            if getattr(port, "transient", False):
+                if not self._stopped:
+                    self.remove_port(port, reason=str(exc.reason))
+                return
             self._port_failed(index, exc)
+        finally:
+            self._running.discard(gevent.getcurrent())
+
+    def _forward(self, index: int, port: Port, admit: Any, mirrors: Any) -> None:
+        topology = self.topology
+        if topology.mode == "wire":
+            out = topology.peer(index)
+            dst = topology.slots[out]
+            assert dst is not None  # peer() names a port that is here
+            wire(port, dst, lambda exc: self._send_failed(out, exc), admit, mirrors)
+        else:
+            switch(
+                index, port, topology.sends, topology.switch, self._send_failed, admit,
+                mirrors, self._header, self._hub.loop.now,
+            )  # fmt: skip
 
     def _send_failed(self, index: int, exc: GreentapError) -> None:
         # A port counts the errors it sees; a frame for a port that is already
         # closed (it failed) is counted here.
+        port = self.topology.slots[index] if index < len(self.topology.slots) else None
+        if port is None:
+            return  # it left meanwhile
         if isinstance(exc, EndpointClosed):
-            self.ports[index].counters.tx_errors += 1
+            port.counters.tx_errors += 1
         else:
             self._port_failed(index, exc)
 
     def _port_failed(self, index: int, exc: GreentapError) -> None:
-        if index in self.failed or self._stopped:
+        port = self.topology.slots[index]
+        if index in self.failed or self._stopped or port is None:
             return
-        port = self.ports[index]
+        if getattr(port, "transient", False):
+            self.remove_port(port, reason=exc.reason)
+            return
         self.failed[index] = str(exc)
         self.log.warning(
             "endpoint_failed",
@@ -275,20 +349,37 @@ class Forwarder(Service):
             error_type=type(exc).__name__,
             waiting_for_it=port.recoverable,
         )
-        if self.switch is not None:
-            self.switch.remove_port(index)
+        self.topology.switch.remove_port(index)
         # Releasing wakes the port's own reader (if this came from a send).
         gevent.spawn(port.fail)
 
     def _port_recovered(self, index: int) -> None:
-        port = self.ports[index]
-        if self._stopped or self.failed.pop(index, None) is None:
+        port = self.topology.slots[index]
+        if self._stopped or port is None or self.failed.pop(index, None) is None:
             return
-        if self.switch is not None:
-            self.switch.add_port(index)
-        if port.readable:
-            self._spawn_pump(index)
+        self.topology.switch.add_port(index)
+        self._spawn_pump(index)
         self.log.info("endpoint_recovered", **port.describe())
 
     def _port_event(self, port: Port, event: str, level: str = "warning", **fields: Any) -> None:
         getattr(self.log, level)(event, endpoint=port.name, kind=port.kind, **fields)
+
+
+def keep_warm(forwarder: Forwarder, interval: float) -> None:
+    """Tick the hub every ``interval`` seconds while frames flow (see ``keep_warm``)."""
+    # Measured here (2 vCPUs): a process woken from idle takes ~0.1 ms
+    # longer to run than one woken within the last millisecond, for C
+    # and Python alike.  So while traffic flows, tick every `interval`
+    # seconds; once it stops, look only every IDLE_CHECK seconds.
+    sleep, clock, data = gevent.sleep, forwarder._hub.loop.now, forwarder.topology.data
+    seen, last_active = -1, -KEEP_WARM_LINGER
+    while not forwarder._stopped:
+        total = sum(p.counters.rx_packets for _, p in data())
+        now = clock()
+        if total != seen:
+            seen, last_active = total, now
+        if now - last_active < KEEP_WARM_LINGER:
+            for _ in range(_KEEP_WARM_TICKS):
+                sleep(interval)
+        else:
+            sleep(_IDLE_CHECK)

@@ -62,7 +62,8 @@ def wire(
 
 def switch(
     index: int,
-    ports: Sequence[Port],
+    port: Port,
+    sends: Sequence[Send],
     decision: LearningSwitch,
     on_send_error: Callable[[int, GreentapError], Any],
     admit: Admit | None,
@@ -70,11 +71,13 @@ def switch(
     header: int,
     now: Callable[[], float],
 ) -> None:
-    """Switch every frame read from ``ports[index]`` until that port closes.
+    """Switch every frame read from ``port`` until it closes.
 
     Args:
         index: the ingress port's number.
-        ports: every port, numbered as ``decision`` knows them.
+        port: the ingress port.
+        sends: every port's ``send``, numbered as ``decision`` knows them
+            (a list the forwarder updates as ports join and leave).
         decision: the learning switch (where each frame goes).
         on_send_error: called with ``(egress index, error)`` for a failed send.
         admit: the ingress policer's verdict per frame, or None.
@@ -86,10 +89,8 @@ def switch(
         EndpointClosed: the port was closed (the normal end).
         GreentapError: the port failed.
     """
-    port = ports[index]
     recv_into, buf, view = _reader(port)
     decide = decision.decide
-    sends = [p.send for p in ports]
     counters = port.counters
     while True:
         n = recv_into(buf)

@@ -97,7 +97,8 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
     ``auto`` turns them on when there is a TAP or a ``packet:`` interface and
     every endpoint that carries traffic can carry super-frames: TAPs and
     ``packet:`` natively, tunnels by cutting and merging in software; an
-    ``fd:`` endpoint carries plain frames.  ``on`` insists.
+    ``fd:`` endpoint and a stream (``unix:``, ``tcp://``: QEMU's framing has
+    no vnet header) carry plain frames.  ``on`` insists.
 
     Raises:
         UsageError: ``on`` with an endpoint that cannot carry super-frames.
@@ -107,7 +108,7 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
     if offload == "on" and not whole:
         raise UsageError(
             "--offload on needs every forwarding endpoint to be a TAP, a packet: interface "
-            "or a tunnel (fd: endpoints carry plain frames)"
+            "or a tunnel (fd:, unix: and tcp:// endpoints carry plain frames)"
         )
     return offload == "on" or (offload == "auto" and whole and bool(carriers & _NATIVE_CARRIERS))
 
@@ -126,20 +127,19 @@ def plan(options: Options) -> Plan:
 
     Raises:
         UsageError: bad endpoints or options (fewer than two endpoints that
-            carry traffic, one listed twice, ``--group`` without ``--user``,
+            carry traffic and no listening one, one listed twice, ``--group`` without ``--user``,
             ``--workers`` with endpoints that are not TAPs, ...).
         PrivilegeDropFailed: ``--user`` or ``--group`` does not exist.
     """
-    if len(options.endpoints) < 2:
-        raise UsageError(f"need at least two endpoints, got {len(options.endpoints)}")
     if options.group is not None and options.user is None:
         raise UsageError("--group needs --user")
     specs = tuple(parse_endpoint(text) for text in options.endpoints)
     carriers = [spec for spec in specs if spec.kind != "pcap"]
-    if len(carriers) < 2:
+    # A listening endpoint is a switch by itself: the peers that connect are its ports.
+    if len(carriers) < 2 and not any(spec.options.get("listen") for spec in carriers):
         raise UsageError(
             f"need at least two endpoints that carry traffic (a pcap mirror does not), "
-            f"got {len(carriers)}"
+            f"or a listening one (unix:PATH?listen, tcp://ADDR:PORT?listen), got {len(carriers)}"
         )
     seen: dict[tuple[str, Any, Any], str] = {}
     for spec in specs:
@@ -166,6 +166,10 @@ def _identity(spec: EndpointSpec) -> tuple[str, Any, Any]:
         return ("fd", spec.options["fd"], None)
     if spec.kind == "pcap":
         return ("pcap", os.path.abspath(spec.name) if spec.name != "-" else "-", None)
+    if spec.kind == "unix":
+        return ("unix", os.path.abspath(spec.name), None)
+    if spec.kind == "tcp":
+        return ("tcp", spec.options["address"], spec.options["listen"])
     return (spec.kind, spec.text, None)
 
 

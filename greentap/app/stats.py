@@ -25,14 +25,16 @@ class StatsReporter:
     def __init__(self, log: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
         self.clock = clock
-        self._previous: dict[int, tuple[float, dict[str, Any]]] = {}
+        # By endpoint name: ports join and leave, so positions move.
+        self._previous: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def __call__(self, service: Any) -> None:
         now = self.clock()
         stats = service.stats()
-        for index, port in enumerate(stats["ports"]):
+        previous, self._previous = self._previous, {}
+        for port in stats["ports"]:
             rates = {}
-            last = self._previous.get(index)
+            last = previous.get(port["endpoint"])
             if last is not None and now > last[0]:
                 dt = now - last[0]
                 for side in ("rx", "tx"):
@@ -40,7 +42,7 @@ class StatsReporter:
                     octets = port[f"{side}_bytes"] - last[1][f"{side}_bytes"]
                     rates[f"{side}_pps"] = round(packets / dt, 1)
                     rates[f"{side}_bps"] = round(octets * 8 / dt)
-            self._previous[index] = (now, port)
+            self._previous[port["endpoint"]] = (now, port)
             self.log.info("stats", **port, **rates)
         switch = stats["switch"]
         if switch is not None:

@@ -648,6 +648,67 @@ done:
     return out;
 }
 
+/* ---- stream framing ------------------------------------------------------ */
+
+/*
+ * split_frames(buffer, start, end, limit) -> (frames, end, runts, too_long)
+ *
+ * greentap.core.streamframe.python_split_frames: the whole frames of
+ * buffer[start:end], each behind its 4-byte big-endian length, as a flat list
+ * [offset, length, ...]; where the first byte not used is; frames shorter than
+ * an Ethernet header skipped and counted; a length over `limit` stops it.
+ */
+static PyObject *
+split_frames(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t start, end, limit = 4096 + 65536;  /* streamframe.MAX_FRAME */
+    if (!PyArg_ParseTuple(args, "y*nn|n", &b, &start, &end, &limit))
+        return NULL;
+    PyObject *frames = NULL, *out = NULL;
+    if (start < 0 || start > end || end > b.len) {
+        PyErr_Format(PyExc_ValueError, "bad range %zd:%zd of a buffer of %zd", start, end, b.len);
+        goto done;
+    }
+    frames = PyList_New(0);
+    if (frames == NULL)
+        goto done;
+    const unsigned char *d = b.buf;
+    Py_ssize_t at = start, runts = 0;
+    unsigned long too_long = 0;
+    while (end - at >= 4) {
+        unsigned long length = be32(d + at);
+        if (limit < 0 || length > (unsigned long)limit) {
+            too_long = length;
+            break;
+        }
+        if ((unsigned long)(end - at - 4) < length)
+            break;
+        if (length < ETH_HLEN) {
+            runts++;
+        } else {
+            PyObject *o = PyLong_FromSsize_t(at + 4);
+            if (o == NULL || PyList_Append(frames, o) < 0) {
+                Py_XDECREF(o);
+                goto done;
+            }
+            Py_DECREF(o);
+            o = PyLong_FromUnsignedLong(length);
+            if (o == NULL || PyList_Append(frames, o) < 0) {
+                Py_XDECREF(o);
+                goto done;
+            }
+            Py_DECREF(o);
+        }
+        at += 4 + (Py_ssize_t)length;
+    }
+    out = Py_BuildValue("(Onnk)", frames, at, runts, too_long);
+done:
+    Py_XDECREF(frames);
+    PyBuffer_Release(&b);
+    return out;
+}
+
 static PyObject *
 set_segment_error(PyObject *self, PyObject *arg)
 {
@@ -671,6 +732,9 @@ static PyMethodDef methods[] = {
      "merge_datagrams(buffer, spans, vni) -> (frames, rx, rx_bytes, short, no_i_flag, "
      "wrong_vni)\n\ngreentap.core.coalesce.merge_datagrams: the datagrams read into buffer "
      "(spans of (offset, length, size)) checked, opened and merged."},
+    {"split_frames", split_frames, METH_VARARGS,
+     "split_frames(buffer, start, end, limit=MAX_FRAME) -> (frames, end, runts, too_long)\n\n"
+     "greentap.core.streamframe.python_split_frames: the frames of a stream read."},
     {"set_segment_error", set_segment_error, METH_O,
      "set_segment_error(cls)\n\nThe exception segment() raises for a frame it refuses."},
     {NULL, NULL, 0, NULL},

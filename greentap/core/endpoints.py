@@ -35,14 +35,24 @@ OPTIONS: dict[str, frozenset[str]] = {
     "pcap": frozenset({"snaplen", "rotate", "keep"}),
     "fd": _POLICING,
     "packet": frozenset({"netns", "qdisc"}) | _POLICING,
+    "unix": frozenset({"listen", "mode", "group", "max"}) | _POLICING,
+    "tcp": frozenset({"listen", "max"}) | _POLICING,
 }
 #: Options that may be given more than once.
 REPEATABLE = frozenset({"remote"})
+#: Options that take no value.
+FLAGS = frozenset({"listen"})
+#: Connections a listening endpoint takes at once unless ``max=`` says otherwise.
+DEFAULT_MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 65536
+# sun_path holds 108 bytes, the terminating NUL included.
+_MAX_UNIX_PATH = 107
 SYNTAX = (
     "NAME, tap:NAME[?netns=NS], vxlan://REMOTE[:PORT]?vni=N[&remote=HOST[:PORT]...]"
     "[&local=ADDR:PORT][&srcport=MIN-MAX], udp://REMOTE:PORT[?local=ADDR:PORT&mtu=N] or "
     "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N], packet:IFNAME[?netns=NS&qdisc=bypass|use] "
-    "or fd:N; "
+    "fd:N, unix:PATH[?listen[&mode=0660&group=G&max=N]] or "
+    "tcp://HOST:PORT[?listen[&max=N]]; "
     "any but pcap also takes [&]rate=PPS[&burst=N]"
 )
 MAX_RATE = 1e9  # frames per second: far beyond any link, short of nonsense
@@ -67,7 +77,10 @@ class EndpointSpec:
             (``(host, port)``, optional) and, for VXLAN, ``vni`` (int); for
             pcap ``snaplen``, ``rotate`` (bytes) and ``keep`` when given;
             for fd ``fd`` (int); for packet ``netns`` and ``qdisc``
-            (``"bypass"`` or ``"use"``) when given.
+            (``"bypass"`` or ``"use"``) when given; for unix and tcp
+            ``listen`` (bool), with it ``max`` (int) and, for unix, ``mode``
+            (int) and ``group`` when given; for tcp ``address``
+            (``(host, port)``).  A unix endpoint's name is its path.
         text: the description as given.
     """
 
@@ -153,7 +166,11 @@ def _parse_query(kind: str, query: str, text: str) -> dict[str, Any]:
         if key not in OPTIONS[kind]:
             known = ", ".join(sorted(OPTIONS[kind]))
             raise _error(text, f"unknown option {key!r} (known: {known})")
-        if not sep or not value:
+        if key in FLAGS:
+            if sep:
+                raise _error(text, f"option {key!r} takes no value")
+            value = "1"
+        elif not sep or not value:
             raise _error(text, f"option {key!r} needs a value: {key}=...")
         if key in REPEATABLE:
             options.setdefault(key, []).append(value)
@@ -290,6 +307,57 @@ def _parse_packet(text: str) -> EndpointSpec:
     return EndpointSpec("packet", name, parsed, text)
 
 
+def _listening(kind: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a stream endpoint that only a listening one takes."""
+    parsed: dict[str, Any] = {"listen": "listen" in options}
+    for key in ("mode", "group", "max"):
+        if key in options and not parsed["listen"]:
+            raise _error(text, f"{key}= needs listen (only a listening {kind}: endpoint takes it)")
+    if parsed["listen"]:
+        parsed["max"] = DEFAULT_MAX_CONNECTIONS
+    if "max" in options:
+        parsed["max"] = _number(
+            text, "max", options["max"], lambda v: parse_int(v, 1, MAX_CONNECTIONS)
+        )
+    if "mode" in options:
+        mode = options["mode"]
+        if not (mode.isascii() and mode.isdigit() and set(mode) <= set("01234567")):
+            raise _error(text, f"mode {mode!r}: expected octal permissions such as 0660")
+        parsed["mode"] = int(mode, 8)
+        if parsed["mode"] > 0o777:
+            raise _error(text, f"mode {mode!r}: expected permissions up to 0777")
+    if "group" in options:
+        parsed["group"] = options["group"]
+    return parsed
+
+
+def _parse_unix(text: str) -> EndpointSpec:
+    path, _, query = text[len("unix:") :].partition("?")
+    if not path:
+        raise _error(text, "names no socket path; expected unix:PATH")
+    if "\0" in path:
+        raise _error(text, "the path contains a NUL byte")
+    if len(path.encode("utf-8", "surrogateescape")) > _MAX_UNIX_PATH:
+        raise _error(text, f"the socket path is longer than {_MAX_UNIX_PATH} bytes")
+    options = _parse_query("unix", query, text)
+    parsed = {**_policing(options, text), **_listening("unix", text, options)}
+    return EndpointSpec("unix", path, parsed, text)
+
+
+def _parse_tcp(text: str) -> EndpointSpec:
+    netloc, _, query = text[len("tcp://") :].partition("?")
+    if "/" in netloc or "#" in netloc:
+        raise _error(text, "unexpected path or fragment; expected tcp://HOST:PORT")
+    options = _parse_query("tcp", query, text)
+    parsed = {**_policing(options, text), **_listening("tcp", text, options)}
+    listen = parsed["listen"]
+    if listen and netloc.startswith(":"):
+        netloc = "127.0.0.1" + netloc  # listen on loopback unless told otherwise
+    what = "listening address" if listen else "address"
+    parsed["address"] = parse_hostport(netloc, None, what=what, endpoint=text, any_port=listen)
+    return EndpointSpec("tcp", text, parsed, text)
+
+
 def _parse_tap(text: str) -> EndpointSpec:
     rest = text
     scheme, sep, after = text.partition(":")
@@ -321,7 +389,10 @@ def parse_endpoint(text: str) -> EndpointSpec:
             ``fd:N``: an inherited ``/dev/net/tun`` fd already attached
             to a TAP (from a privileged helper), or ``packet:IFNAME``: an
             existing Ethernet interface (``?netns=NS``, ``qdisc=use`` to
-            keep its queueing discipline).  Every kind but pcap also
+            keep its queueing discipline), ``unix:PATH`` or
+            ``tcp://HOST:PORT``: a stream socket carrying QEMU's framing,
+            connected to, or listened on with ``?listen`` (``max=N``, and
+            for unix ``mode=0660&group=G``).  Every kind but pcap also
             takes ``rate=PPS`` and ``burst=N``: an ingress rate limit.
 
     Returns:
@@ -341,4 +412,8 @@ def parse_endpoint(text: str) -> EndpointSpec:
         return _parse_fd(text)
     if text.startswith("packet:"):
         return _parse_packet(text)
+    if text.startswith("unix:"):
+        return _parse_unix(text)
+    if text.startswith("tcp://"):
+        return _parse_tcp(text)
     return _parse_tap(text)

@@ -140,7 +140,8 @@ class LearningSwitch:
     """Decides where each frame goes among ``nports`` ports.
 
     Args:
-        nports: how many ports (numbered 0..nports-1).
+        nports: how many ports at first (numbered 0..nports-1); more join
+            through :meth:`add_port`.
         aging, max_entries: see :class:`MacTable`.
 
     Attributes:
@@ -153,8 +154,8 @@ class LearningSwitch:
     def __init__(
         self, nports: int, *, aging: float = DEFAULT_AGING, max_entries: int = DEFAULT_MAX_ENTRIES
     ) -> None:
-        if nports < 2:
-            raise ValueError("a switch needs at least two ports")
+        if nports < 0:
+            raise ValueError("a switch cannot have fewer than no ports")
         self.table = MacTable(aging=aging, max_entries=max_entries)
         self._active = set(range(nports))
         self._nports = nports
@@ -173,9 +174,13 @@ class LearningSwitch:
         self.table.forget_port(port)
 
     def add_port(self, port: int) -> None:
-        """Send to ``port`` again (it came back)."""
-        if not 0 <= port < self._nports:
-            raise ValueError(f"no port {port} in a switch of {self._nports}")
+        """Send to ``port`` (again: it came back; or for the first time: it joined).
+
+        A number past the last port grows the switch to it.
+        """
+        if port < 0:
+            raise ValueError(f"no port {port}: ports are numbered from 0")
+        self._nports = max(self._nports, port + 1)
         self._active.add(port)
         self._rebuild()
 

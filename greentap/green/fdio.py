@@ -8,7 +8,9 @@ socket of a tunnel — reads through it:
 2. on ``EAGAIN``, wait on the persistent read watcher (created once, not per
    wait), then retry;
 3. after ``budget`` reads in a row without a wait, yield to the hub, so an
-   always-readable fd cannot starve the other greenlets.
+   always-readable fd cannot starve the other greenlets.  The yield comes
+   before the next read, never between a read and its caller: a greenlet
+   interrupted there holds no frame.
 
 :meth:`GreenFd.close` follows gevent's recipe for sockets: the fd is marked
 closed (-1) first, a greenlet waiting on it gets
@@ -124,6 +126,7 @@ class GreenFd:
             EndpointClosed: closed before or during the wait.
             OSError: the read failed (the caller names it).
         """
+        self.before_read()
         while True:
             handle = self.holder.handle
             if handle is None:
@@ -142,12 +145,19 @@ class GreenFd:
             self.count()
             return result
 
-    def count(self) -> None:
-        """Count one read; after ``budget`` of them, yield to the hub once."""
-        self._batch += 1
+    def before_read(self) -> None:
+        """Yield to the hub once if the budget is spent; call it before taking a frame.
+
+        The yield comes before a read, never with a frame in hand, so a
+        greenlet thrown out of it (a forwarder rewiring its ports) loses nothing.
+        """
         if self._batch >= self.budget:
             self._batch = 0
             gevent.sleep(0)
+
+    def count(self) -> None:
+        """Count one read; the next :meth:`read` after ``budget`` of them yields first."""
+        self._batch += 1
 
     def pause(self) -> None:
         """Yield to the hub once (a loop that spent its budget without waiting)."""

@@ -3,16 +3,20 @@
 :class:`~greentap.ports.base.Port` is the protocol; the kinds are TAPs and
 inherited ``fd:N`` (:mod:`~greentap.ports.tap`), VXLAN and raw UDP tunnels
 (:mod:`~greentap.ports.tunnel`), existing interfaces (:mod:`~greentap.ports.packet`)
-and pcap mirrors (:mod:`~greentap.ports.pcap`).
+pcap mirrors (:mod:`~greentap.ports.pcap`) and stream sockets carrying QEMU's
+framing, connected (:mod:`~greentap.ports.stream`) or listening, whose
+connections join and leave at runtime (:mod:`~greentap.ports.listener`).
 Each registers its opener with :mod:`~greentap.ports.registry`, which
 :func:`open_port` consults; importing this package registers them all.
 """
 
-from greentap.ports import packet, pcap, tap, tunnel
+from greentap.ports import listener, packet, pcap, stream, tap, tunnel
 from greentap.ports.base import FramePort, Port
+from greentap.ports.listener import StreamListener
 from greentap.ports.packet import PacketPort
 from greentap.ports.pcap import PcapPort
 from greentap.ports.registry import OpenOptions, kinds, open_port, open_ports, register
+from greentap.ports.stream import StreamClient, StreamConnection
 from greentap.ports.tap import TapPort, put_back
 from greentap.ports.tunnel import DatagramPort, UdpPort, VxlanPort
 
@@ -23,16 +27,21 @@ __all__ = [
     "PacketPort",
     "PcapPort",
     "Port",
+    "StreamClient",
+    "StreamConnection",
+    "StreamListener",
     "TapPort",
     "UdpPort",
     "VxlanPort",
     "kinds",
+    "listener",
     "open_port",
     "open_ports",
     "packet",
     "pcap",
     "put_back",
     "register",
+    "stream",
     "tap",
     "tunnel",
 ]

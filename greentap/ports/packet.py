@@ -146,6 +146,7 @@ class PacketPort(Port):
         if len(buffer) < self.max_frame_size:
             raise ValueError(f"recv_into needs a buffer of at least {self.max_frame_size} bytes")
         sock, counters = self.sock, self.counters
+        self.io.before_read()
         if self._pending:
             n = self._deliver(self._pending.popleft(), buffer)
             self.io.count()
@@ -162,7 +163,7 @@ class PacketPort(Port):
             self._down = False
             n = self._copy(slot, sock.view, buffer)  # type: ignore[arg-type]  # open: a slot came
             if n:
-                self.io.count()  # yields to the hub after a budget of frames
+                self.io.count()  # the next call yields after a budget of frames
                 return n
 
     def relay_to(

@@ -25,8 +25,8 @@ def tap_forward(*args, env=None):
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        ((), exits.EXIT_USAGE, "need at least two endpoints, got 0"),
-        (("tap0",), exits.EXIT_USAGE, "need at least two endpoints, got 1"),
+        ((), exits.EXIT_USAGE, "need at least two endpoints that carry traffic"),
+        (("tap0",), exits.EXIT_USAGE, "or a listening one (unix:PATH?listen, tcp://"),
         (("foo:x", "tap1"), exits.EXIT_USAGE, "unknown endpoint type 'foo'"),
         (("a" * 16, "tap1"), exits.EXIT_USAGE, "TapNameTooLong"),
         (("tap:a b", "tap1"), exits.EXIT_USAGE, "whitespace"),

@@ -165,7 +165,7 @@ def test_stop_ends_every_greenlet_promptly(rig):
     gevent.sleep(0.01)
     with gevent.Timeout(1, AssertionError("stop() took more than a second")):
         r.fwd.stop()
-    assert all(g.dead for g in r.fwd._pumps + r.fwd._helpers)
+    assert all(g.dead for g in [*r.fwd._pumps.values(), *r.fwd._helpers])
     assert all(p.polled.closed for p in r.ports)
     r.fwd.stop()
 

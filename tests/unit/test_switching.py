@@ -121,7 +121,21 @@ def test_a_port_added_back_is_flooded_to_again():
     sw.add_port(2)
     assert sw.decide(0, frame(BCAST, A), 0.1) == (1, 2)
     with pytest.raises(ValueError):
-        sw.add_port(3)
+        sw.add_port(-1)
+
+
+def test_a_switch_grows_as_ports_join_and_forgets_one_that_leaves():
+    """A switch may start with one port or none: a frame then goes nowhere.
+    A port joining past the last number grows it and is flooded to; one that
+    leaves is flooded to no more and its addresses are forgotten at once."""
+    sw = LearningSwitch(1)
+    assert sw.decide(0, frame(BCAST, A), 0.0) == ()
+    sw.add_port(3)  # numbers 1 and 2 are free (ports that left)
+    assert sw.decide(0, frame(BCAST, A), 0.1) == (3,)
+    assert sw.decide(3, frame(A, C), 0.2) == (0,)  # A was learned on 0 while alone
+    sw.remove_port(3)
+    assert sw.table.lookup(C, 0.3) is None
+    assert sw.decide(0, frame(C, A), 0.4) == ()
 
 
 def test_decide_accepts_memoryviews():
@@ -142,9 +156,10 @@ def test_entries_snapshot_and_stats():
 
 
 def test_bad_parameters_are_refused():
-    """A switch needs two ports, positive aging and room for one entry."""
+    """A switch cannot have a negative number of ports; aging must be positive
+    and the table must have room for one entry."""
     with pytest.raises(ValueError):
-        LearningSwitch(1)
+        LearningSwitch(-1)
     with pytest.raises(ValueError):
         MacTable(aging=0)
     with pytest.raises(ValueError):
