@@ -32,7 +32,7 @@ STATUSES = {
     EXIT_USAGE: "usage: bad syntax, name or number, fewer than two endpoints",
     EXIT_PERMISSION: "not permitted (needs CAP_NET_ADMIN, or CAP_NET_RAW for packet:), "
     "or --user could not be applied",
-    EXIT_BUSY: "device busy or conflicting",
+    EXIT_BUSY: "device busy or conflicting, address or socket path in use",
     EXIT_SYSTEM: "other system error (e.g. /dev/net/tun missing)",
 }
 
@@ -47,6 +47,8 @@ def exit_status(exc: BaseException) -> int:
         return EXIT_PERMISSION
     if isinstance(exc, SetTapAttributes):
         return EXIT_BUSY
+    if getattr(exc, "errno", None) in (errno.EADDRINUSE, errno.EEXIST):
+        return EXIT_BUSY  # an address or socket path taken by something else
     return EXIT_SYSTEM
 
 

@@ -133,7 +133,7 @@ class Forwarder(Service):
         for index, _ in self.topology.data():
             self._spawn_pump(index)
         for listener in self.topology.listeners:
-            self.spawn(self._accept_loop, listener)
+            self.spawn(accept_loop, self, listener)
         if self.monitor_interval:
             self.spawn(self._monitor)
         if self.keep_warm:
@@ -199,6 +199,9 @@ class Forwarder(Service):
         self.failed.pop(index, None)
         pump = self._pumps.pop(index, None)
         port.close()  # its pump, if waiting, ends with EndpointClosed
+        # Break the port -> notify -> port cycle: a connection's buffers are
+        # freed when it leaves, not at the next collection.
+        port.__dict__.pop("notify", None)
         if pump is not None and pump is not gevent.getcurrent() and not pump.dead:
             pump.kill(block=False)
         self.log.info("endpoint_left", endpoint=port.name, kind=port.kind, reason=reason,
@@ -221,23 +224,6 @@ class Forwarder(Service):
             # mode when it starts.
             if g is not current and not g.dead:
                 g.kill(_Rewire, block=False)
-
-    def _accept_loop(self, listener: Any) -> None:
-        while not self._stopped:
-            try:
-                conn = listener.accept()
-            except EndpointClosed:
-                return
-            except EndpointUnavailable as exc:  # out of fds or memory: rest, try again
-                self.log.warning("accept_failed", endpoint=listener.name, error=str(exc))
-                if self.wait(_ACCEPT_PAUSE):
-                    conn = None
-                    return
-                continue
-            if self._stopped:
-                conn.close()
-                return
-            self.add_port(conn)
 
     def reopen(self) -> None:
         """Reopen capture files moved away (log rotation) and look at every port now.
@@ -383,3 +369,21 @@ def keep_warm(forwarder: Forwarder, interval: float) -> None:
                 sleep(interval)
         else:
             sleep(_IDLE_CHECK)
+
+
+def accept_loop(forwarder: Forwarder, listener: Any) -> None:
+    """Add each connection ``listener`` accepts to ``forwarder`` until either closes."""
+    while not forwarder._stopped:
+        try:
+            conn = listener.accept()
+        except EndpointClosed:
+            return
+        except EndpointUnavailable as exc:  # out of fds or memory: rest, try again
+            forwarder.log.warning("accept_failed", endpoint=listener.name, error=str(exc))
+            if forwarder.wait(_ACCEPT_PAUSE):
+                return
+            continue
+        if forwarder._stopped:
+            conn.close()
+            return
+        forwarder.add_port(conn)

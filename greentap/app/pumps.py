@@ -9,6 +9,7 @@ or raises it (its own port failed), and the
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,9 +112,15 @@ def switch(
                 on_send_error(out, exc)
 
 
-def _reader(port: Port) -> tuple[Callable[..., int], bytearray, memoryview]:
-    """The port's recv_into and a reused buffer (with a view) sized for it."""
-    buf = bytearray(port.max_frame_size)
+def _reader(port: Port) -> tuple[Callable[..., int], mmap.mmap, memoryview]:
+    """The port's recv_into and a reused buffer (with a view) sized for its largest frame.
+
+    An anonymous mapping rather than a bytearray: only the pages frames reach
+    cost memory (a 64 KiB buffer read 60-byte frames into costs one page), and
+    it all goes back to the system when the pump ends, so ports that come and
+    go (a listener's connections) leave no heap behind.
+    """
+    buf = mmap.mmap(-1, port.max_frame_size)
     return port.recv_into, buf, memoryview(buf)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import _socket  # never monkey-patched: greentap does its own waiting
 import collections
 import errno
+import mmap
 import os
 import socket
 from typing import Any
@@ -112,8 +113,11 @@ class StreamConnection(Port):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._io = GreenFd(FdHolder(sock, name=name), hub=hub, budget=budget)
         self._hub = self._io.hub
-        # Room for a whole read after a partial frame of the largest size.
-        self._rbuf = bytearray(_READ_SIZE + MAX_FRAME + HEADER_SIZE)
+        # Room for a whole read after a partial frame of the largest size.  An
+        # anonymous mapping: pages cost memory only once written, and all of it
+        # goes back to the system when the connection goes (a heap block of
+        # this size may not, after many connections came and went).
+        self._rbuf = mmap.mmap(-1, _READ_SIZE + MAX_FRAME + HEADER_SIZE)
         self._rview = memoryview(self._rbuf)
         self._start = self._end = 0  # bytes read but not yet split into frames
         self._frames: list[int] = []  # [offset, length, ...] split, not yet handed out
