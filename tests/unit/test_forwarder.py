@@ -372,6 +372,9 @@ def fill_destination(r, total=3000):
 DRAIN = """
 import socket, sys, time
 sock = socket.socket(fileno=int(sys.argv[1]))
+# The fd is non-blocking (its file description is shared with the test): a
+# timeout makes recv wait (in poll) when this drainer is ahead of the relay.
+sock.settimeout(30)
 want, got = int(sys.argv[2]), 0
 while got < want:
     sock.recv(70000)

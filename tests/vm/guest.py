@@ -337,6 +337,7 @@ class Guest:
         if kernel is None or initrd is None:
             kernel, initrd = build_guest()
         self.name, self.ip, self.mac = name, str(iface), mac
+        self.peer = socket_path if netdev == "stream-unix" else f"{host}:{port}"
         # Made by start(): a guest never started leaves nothing behind.
         self._dir = os.path.join(tempfile.gettempdir(), f"greentap-{name}-{os.urandom(4).hex()}")
         self._serial, self._stderr = f"{self._dir}/serial.log", f"{self._dir}/qemu.log"
@@ -382,8 +383,10 @@ class Guest:
         deadline, connected = time.monotonic() + 10, r"type=\w+,(unix:|tcp:|socket: connect to)"
         try:
             while check_connected and not re.search(connected, info := self.netdev_info()):
-                if time.monotonic() > deadline:
-                    raise GuestError(f"{self.name}: netdev not connected ({info.strip()})")
+                # 7.2 never retries: a "connection error" is final.
+                if time.monotonic() > deadline or "connection error" in info:
+                    state = info.strip(" \\\r\n")
+                    raise GuestError(f"{self.name}: no listener at {self.peer}? ({state})")
                 _sleep(0.05)
         except GuestError:
             self.kill()  # __exit__ does not run when __enter__ raises
