@@ -23,6 +23,9 @@ Builds two throw-away network namespaces A and B (addresses from
 * ``kvxlan+tf``: the kernel's vxlan in A, tap-forward bridging it to a TAP in B;
 * ``tf+vxlan+tf``: two tap-forward processes ("sites") joined by VXLAN
   (``-off``: with ``--offload off``, every segment a trip through Python);
+* ``tf+unix+tf`` and ``tf+tcp+tf``: two sites joined by a stream socket
+  carrying QEMU's framing (one listening, the other connecting), and
+  ``tf+udp+tf`` (``-off``) the same joined by ``udp://``, QEMU's dgram framing;
 * with ``--baseline DIR`` (another checkout of greentap, its C loop built in
   place, e.g. ``git worktree add /tmp/base <commit>`` then ``python setup.py
   build_ext --inplace`` there): ``base-tap-forward`` and ``base-tf-python``,
@@ -238,6 +241,37 @@ def case_tap_forward_packet(topo, *args, env=None, reverse=False):
     return (b, db, a, da, None) if reverse else (a, da, b, db, None)
 
 
+def case_tap_forward_stream(topo, listen, connect, *args):
+    """TAP in A <-> tap-forward <-> a stream socket (QEMU's framing) <-> tap-forward <-> TAP
+    in B: ``listen`` and ``connect`` are the two ends' endpoints."""
+    a, b = topo.ns("a"), topo.ns("b")
+    da, db = f"t{topo.tag}a", f"t{topo.tag}b"
+    topo.tap_forward(None, *args, f"tap:{da}?netns={a}", listen)
+    wait_for_link(a, da)  # the listener is up once its TAP is
+    topo.tap_forward(None, *args, f"tap:{db}?netns={b}", connect)
+    wait_for_link(b, db)
+    return a, da, b, db, None
+
+
+def case_tap_forward_unix(topo, *args):
+    path = os.path.join(tempfile.gettempdir(), f"gtb-{topo.tag}.sock")
+    return case_tap_forward_stream(topo, f"unix:{path}?listen", f"unix:{path}", *args)
+
+
+def case_tap_forward_udp(topo, *args):
+    """The same two sites joined by udp:// (QEMU's dgram framing) over a veth underlay."""
+    a, s1, s2, b = topo.ns("a"), topo.ns("s1"), topo.ns("s2"), topo.ns("b")
+    underlay(topo, s1, s2, "198.18.7.1", "198.18.7.2")
+    da, db = f"t{topo.tag}a", f"t{topo.tag}b"
+    topo.tap_forward(s1, *args, f"tap:{da}?netns={a}",
+                     "udp://198.18.7.2:5000?local=198.18.7.1:5000")  # fmt: skip
+    topo.tap_forward(s2, *args, f"tap:{db}?netns={b}",
+                     "udp://198.18.7.1:5000?local=198.18.7.2:5000")  # fmt: skip
+    wait_for_link(a, da)
+    wait_for_link(b, db)
+    return a, da, b, db, None
+
+
 # name -> (build the topology, the flows trafgen offers)
 CASES = {
     "veth": (case_veth, ONE_FLOW),
@@ -264,6 +298,17 @@ CASES = {
     "kvxlan+tf": (case_kernel_vxlan_tap_forward, ONE_FLOW),
     "tf+vxlan+tf": (case_tap_forward_vxlan, ONE_FLOW),
     "tf+vxlan+tf-off": (lambda t: case_tap_forward_vxlan(t, "--offload", "off"), ONE_FLOW),
+    "tf+unix+tf": (case_tap_forward_unix, ONE_FLOW),
+    "tf+tcp+tf": (
+        lambda t: case_tap_forward_stream(
+            t,
+            f"tcp://127.0.0.1:{47000 + int(t.tag) % 1000}?listen",
+            f"tcp://127.0.0.1:{47000 + int(t.tag) % 1000}",
+        ),
+        ONE_FLOW,
+    ),
+    "tf+udp+tf": (case_tap_forward_udp, ONE_FLOW),
+    "tf+udp+tf-off": (lambda t: case_tap_forward_udp(t, "--offload", "off"), ONE_FLOW),
     # With --baseline DIR: the same as tap-forward and tf-python, from that checkout.
     "base-tap-forward": (lambda t: case_tap_forward(t, repo=BASELINE[0]), ONE_FLOW),
     "base-tf-python": (lambda t: case_tap_forward(t, env=PURE, repo=BASELINE[0]), ONE_FLOW),
@@ -286,6 +331,10 @@ RATIOS = [
     ("tf+vxlan+tf", "kernel-vxlan"),
     ("tf+vxlan+tf-off", "kernel-vxlan"),
     ("tf+vxlan+tf", "tf+vxlan+tf-off"),
+    ("tf+unix+tf", "tf-no-offload"),
+    ("tf+unix+tf", "tf+udp+tf"),
+    ("tf+tcp+tf", "tf-no-offload"),
+    ("tf+unix+tf", "tf+udp+tf-off"),
     ("tap-forward", "base-tap-forward"),
     ("tf-python", "base-tf-python"),
 ]
@@ -305,6 +354,8 @@ FLOORS = [
     ("tf+vxlan+tf", "kernel-vxlan", "small_pps", "min", 0.8),
     ("kvxlan+tf", "kernel-vxlan", "small_pps", "min", 0.9),
     ("tf+vxlan+tf", "kernel-vxlan", "ping_rtt_ms", "max", 2.0),
+    ("tf+unix+tf", "tf-no-offload", "tcp_gbps", "min", 0.8),
+    ("tf+unix+tf", "tf+udp+tf", "small_pps", "min", 0.8),
 ]
 RSS_LIMIT_MB = 60.0
 RSS_GROWTH_LIMIT = 0.05

@@ -6,7 +6,7 @@ import socket
 import gevent
 import pytest
 
-from greentap.green import relay
+from greentap.green import relay, streams
 from greentap.green.polled import Tap
 
 
@@ -56,6 +56,8 @@ def relay_loop(request, monkeypatch):
         monkeypatch.setattr(relay, "_relay_batch_to_udp", None)
         monkeypatch.setattr(relay, "recv_datagrams", None)
         monkeypatch.setattr(relay, "write_frames", None)
+        monkeypatch.setattr(streams, "gather_for_stream", streams.python_gather_for_stream)
+        monkeypatch.setattr(streams, "write_stream_frames", streams.python_write_stream_frames)
         monkeypatch.setattr(relay, "LOOP", "python")
         monkeypatch.setattr(relay, "LOOP_REASON", "GREENTAP_PURE_PYTHON is set")
     elif relay._relay_batch is None:

@@ -716,7 +716,126 @@ done:
     return out;
 }
 
+/* --- to and from a stream: QEMU's framing, a 4-byte big-endian length before each frame --- */
+
+#define STREAM_HLEN 4
+#define ETH_HLEN_ 14
+
+/* gather_for_stream(in_fd, buffer, budget, max_frame, room) -> (end, errno, rx, rx_bytes,
+ * used, frames, dropped): up to `budget` frames read from in_fd into buffer, each behind
+ * its length, for one send; a frame that would take the gathered bytes over `room` (what
+ * the stream's queue can still take) is read and dropped. */
+static PyObject *
+gather_for_stream(PyObject *self, PyObject *args)
+{
+    int in_fd, budget;
+    Py_buffer buf;
+    Py_ssize_t max_frame, room;
+    if (!PyArg_ParseTuple(args, "iw*inn", &in_fd, &buf, &budget, &max_frame, &room))
+        return NULL;
+    struct counts c = {0};
+    long long frames = 0, dropped = 0;
+    int end = END_BUDGET, err = 0;
+    unsigned char *data = buf.buf;
+    size_t size = (size_t)buf.len, used = 0;
+    if (max_frame < 0)
+        max_frame = 0;
+    for (int i = 0; i < budget; i++) {
+        if (size - used < (size_t)max_frame + STREAM_HLEN)
+            break; /* full: send this much first */
+        ssize_t n = read_counted(in_fd, (char *)data + used + STREAM_HLEN,
+                                 size - used - STREAM_HLEN, &end, &err, &c);
+        if (n == 0)
+            break;
+        if (room < 0 || (size_t)room < used + STREAM_HLEN + (size_t)n) {
+            dropped++; /* the queue is full: dropped, as a NIC's full ring drops */
+            continue;
+        }
+        unsigned char *h = data + used;
+        h[0] = (unsigned char)(n >> 24);
+        h[1] = (unsigned char)(n >> 16);
+        h[2] = (unsigned char)(n >> 8);
+        h[3] = (unsigned char)n;
+        used += STREAM_HLEN + (size_t)n;
+        frames++;
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(iiLLnLL)", end, err, c.rx, c.rx_bytes, (Py_ssize_t)used, frames,
+                         dropped);
+}
+
+/* write_stream_frames(out_fd, buffer, start, end, limit) -> (end, errno, next, rx, rx_bytes,
+ * tx, tx_bytes, dropped, link_down, errors, runts, too_long): every whole frame of
+ * buffer[start:end] (each behind its length) written to out_fd, one write() each,
+ * classified as relay_batch() classifies its writes; a frame under an Ethernet header is
+ * skipped (runts); a length over `limit` stops it (too_long: that length); a FAILED
+ * verdict ends it early (end 4; that frame is the caller's to count). */
+static PyObject *
+write_stream_frames(PyObject *self, PyObject *args)
+{
+    int out_fd;
+    Py_buffer buf;
+    Py_ssize_t start, stop, limit;
+    if (!PyArg_ParseTuple(args, "iy*nnn", &out_fd, &buf, &start, &stop, &limit))
+        return NULL;
+    if (start < 0 || start > stop || stop > buf.len) {
+        PyBuffer_Release(&buf);
+        return PyErr_Format(PyExc_ValueError, "bad range %zd:%zd of a buffer of %zd", start,
+                            stop, buf.len);
+    }
+    long long rx = 0, rx_bytes = 0, tx = 0, tx_bytes = 0, dropped = 0, link_down = 0;
+    long long errors = 0, runts = 0;
+    unsigned long too_long = 0;
+    int end = END_BUDGET, err = 0;
+    const unsigned char *d = buf.buf;
+    Py_ssize_t at = start;
+    while (stop - at >= STREAM_HLEN) {
+        unsigned long length = ((unsigned long)d[at] << 24) | ((unsigned long)d[at + 1] << 16) |
+                               ((unsigned long)d[at + 2] << 8) | (unsigned long)d[at + 3];
+        if (limit < 0 || length > (unsigned long)limit) {
+            too_long = length;
+            break;
+        }
+        if ((unsigned long)(stop - at - STREAM_HLEN) < length)
+            break; /* the rest of it is still on its way */
+        const unsigned char *frame = d + at + STREAM_HLEN;
+        at += STREAM_HLEN + (Py_ssize_t)length;
+        if (length < ETH_HLEN_) {
+            runts++;
+            continue;
+        }
+        rx++;
+        rx_bytes += (long long)length;
+        if (out_fd < 0) {
+            errors++;
+            continue;
+        }
+        int verdict;
+        do {
+            verdict = write(out_fd, frame, length) >= 0 ? -1 : verdict_of(errno);
+        } while (verdict == V_RETRY);
+        if (tally(verdict, (long long)length, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
+            end = END_WRITE_ERROR;
+            err = errno;
+            break;
+        }
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(iinLLLLLLLLk)", end, err, at, rx, rx_bytes, tx, tx_bytes, dropped,
+                         link_down, errors, runts, too_long);
+}
+
 static PyMethodDef methods[] = {
+    {"gather_for_stream", gather_for_stream, METH_VARARGS,
+     "gather_for_stream(in_fd, buffer, budget, max_frame, room) -> (end, errno, rx, "
+     "rx_bytes, used, frames, dropped)\n\nUp to `budget` frames read from in_fd into "
+     "buffer, each behind its 4-byte big-endian length (QEMU's stream framing), for one "
+     "send; frames past `room` bytes are read and dropped."},
+    {"write_stream_frames", write_stream_frames, METH_VARARGS,
+     "write_stream_frames(out_fd, buffer, start, end, limit) -> (end, errno, next, rx, "
+     "rx_bytes, tx, tx_bytes, dropped, link_down, errors, runts, too_long)\n\nThe whole "
+     "frames of a stream read (each behind its length) written to out_fd, one write() "
+     "each, classified by the verdict table."},
     {"relay_batch_to_udp", relay_batch_to_udp, METH_VARARGS,
      "relay_batch_to_udp(in_fd, out_fd, buffer, budget, max_frame, header, prefix, address) "
      "-> (end, errno, rx, rx_bytes, tx, tx_bytes, handback_offset, handback_length, "

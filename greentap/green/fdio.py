@@ -155,9 +155,9 @@ class GreenFd:
             self._batch = 0
             gevent.sleep(0)
 
-    def count(self) -> None:
-        """Count one read; the next :meth:`read` after ``budget`` of them yields first."""
-        self._batch += 1
+    def count(self, n: int = 1) -> None:
+        """Count ``n`` reads; the next :meth:`read` after ``budget`` of them yields first."""
+        self._batch += n
 
     def pause(self) -> None:
         """Yield to the hub once (a loop that spent its budget without waiting)."""

@@ -33,6 +33,7 @@ __all__ = [
     "LOOP",
     "LOOP_REASON",
     "Sink",
+    "between_batches",
     "checked_fd",
     "publish",
     "relay",
@@ -110,8 +111,11 @@ def takes(sink: Any, mirrors: Any) -> bool:
     """Whether :func:`relay` can write to ``sink`` (with these mirrors).
 
     A tunnel's sink (``udp_relay``: datagrams to one peer) is served only by
-    the C loop without mirrors; every other sink by both loops.
+    the C loop without mirrors, a sink with a relay of its own (``relay_from``:
+    a stream port) only without mirrors; every other sink by both loops.
     """
+    if getattr(sink, "relay_from", None) is not None:
+        return not mirrors  # a stream port's gathered batches carry no mirrors
     return getattr(sink, "udp_relay", None) is None or (sends_udp() and not mirrors)
 
 
@@ -141,7 +145,10 @@ def relay(
         EndpointClosed: ``src`` was closed (the normal end).
         EndpointVanished, PeerGone, EndpointIOError: ``src`` failed.
     """
-    if getattr(dst, "udp_relay", None) is not None:
+    relay_from = getattr(dst, "relay_from", None)
+    if relay_from is not None:
+        relay_from(src, on_send_error)  # a sink with a relay of its own (a stream port's)
+    elif getattr(dst, "udp_relay", None) is not None:
         _relay_udp(src, dst, on_send_error)  # only where takes() said it can
     elif _relay_batch is not None and not mirrors:
         _relay_c(src, dst, on_send_error)
@@ -173,10 +180,10 @@ def _relay_c(src: PolledTap, dst: Sink, on_send_error: Callable[..., Any]) -> No
         if end == _WRITE_ERROR:
             write_failed(dst, OSError(code, os.strerror(code)), on_send_error)
         else:
-            _between_batches(src, end, code)
+            between_batches(src, end, code)
 
 
-def _between_batches(src: PolledTap, end: int, code: int) -> None:
+def between_batches(src: Any, end: int, code: int) -> None:
     """What a C batch's end asks of the reader: wait, yield, or fail.
 
     Raises:
@@ -222,7 +229,7 @@ def _relay_udp(src: PolledTap, dst: Any, on_send_error: Callable[..., Any]) -> N
             pass  # counted by the port
         except GreentapError as exc:
             on_send_error(exc)
-        _between_batches(src, _BUDGET if end == _HANDBACK else end, code)
+        between_batches(src, _BUDGET if end == _HANDBACK else end, code)
 
 
 def write_again(fd: int, frame: Any, write: Callable[[int, Any], Any] = os.write) -> OSError | None:

@@ -10,13 +10,14 @@ Each registers its opener with :mod:`~greentap.ports.registry`, which
 :func:`open_port` consults; importing this package registers them all.
 """
 
-from greentap.ports import listener, packet, pcap, stream, tap, tunnel
+from greentap.ports import client, listener, packet, pcap, stream, tap, tunnel
 from greentap.ports.base import FramePort, Port
+from greentap.ports.client import StreamClient
 from greentap.ports.listener import StreamListener
 from greentap.ports.packet import PacketPort
 from greentap.ports.pcap import PcapPort
 from greentap.ports.registry import OpenOptions, kinds, open_port, open_ports, register
-from greentap.ports.stream import StreamClient, StreamConnection
+from greentap.ports.stream import StreamConnection
 from greentap.ports.tap import TapPort, put_back
 from greentap.ports.tunnel import DatagramPort, UdpPort, VxlanPort
 
@@ -33,6 +34,7 @@ __all__ = [
     "TapPort",
     "UdpPort",
     "VxlanPort",
+    "client",
     "kinds",
     "listener",
     "open_port",

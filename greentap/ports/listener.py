@@ -37,8 +37,9 @@ from greentap.device.fd import FdHolder
 from greentap.errors import EndpointClosed, EndpointUnavailable, UsageError
 from greentap.green.fdio import GreenFd
 from greentap.ports.base import Port
+from greentap.ports.client import StreamClient, connect_address
 from greentap.ports.registry import OpenOptions, register
-from greentap.ports.stream import StreamClient, StreamConnection, connect_address
+from greentap.ports.stream import StreamConnection
 
 __all__ = ["StreamListener"]
 

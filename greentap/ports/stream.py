@@ -3,10 +3,10 @@
 QEMU's ``-netdev stream`` and ``-netdev socket``, and passt, carry Ethernet
 frames on a stream socket, each behind a 4-byte big-endian length
 (:mod:`greentap.core.streamframe`).  A :class:`StreamConnection` is one
-connected socket as a port; a :class:`StreamClient` (``unix:PATH``,
-``tcp://HOST:PORT``) connects to a listening peer and connects again,
-with backoff, whenever the peer goes away.  Listening endpoints
-(``?listen``) are :mod:`~greentap.ports.listener`.
+connected socket as a port; a :class:`~greentap.ports.client.StreamClient`
+(``unix:PATH``, ``tcp://HOST:PORT``) connects to a listening peer and
+connects again, with backoff, whenever the peer goes away.  Listening
+endpoints (``?listen``) are :mod:`~greentap.ports.listener`.
 
 Reading: one large ``recv_into`` (256 KiB) fetches many frames at once; the
 lengths are parsed out of it in one call (in C where it was built), and
@@ -32,33 +32,28 @@ import errno
 import mmap
 import os
 import socket
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import gevent
-import gevent.event
 
 from greentap.core.counters import DeviceCounters
 from greentap.core.streamframe import HEADER_SIZE, MAX_FRAME, frame_header, split_frames
 from greentap.device.fd import FdHolder
 from greentap.errors import (
     EndpointClosed,
-    EndpointUnavailable,
     GreentapError,
     PeerBrokeFraming,
     PeerGone,
     io_error,
 )
+from greentap.green import relay, streams
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.ports.base import Port
 
-__all__ = ["DEFAULT_SEND_BUFFER", "StreamClient", "StreamConnection", "connect_address"]
+__all__ = ["DEFAULT_SEND_BUFFER", "StreamConnection", "takes_frames"]
 
 #: Bytes a connection queues beyond what its socket holds before it drops frames.
 DEFAULT_SEND_BUFFER = 1 << 20
 _READ_SIZE = 256 * 1024
-#: Reconnection delays (seconds): the first, and the most it doubles to.
-BACKOFF = (0.1, 5.0)
-_CONNECT_TIMEOUT = 10.0
 _recv_into = _socket.socket.recv_into
 _GONE = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
                    errno.ENETUNREACH, errno.ECONNABORTED})  # fmt: skip
@@ -126,6 +121,7 @@ class StreamConnection(Port):
         self._pending = bytearray()
         self._flushing = False
         self._writer = self._hub.loop.io(sock.fileno(), 2)
+        self.sink = self  # a TAP's relay gathers its frames for us (relay_from)
 
     @property
     def closed(self) -> bool:
@@ -170,8 +166,12 @@ class StreamConnection(Port):
         io.count()
         return n
 
-    def _fill(self) -> None:
-        """Read what the socket has (waiting if nothing) and split it into frames."""
+    def _read_more(self) -> None:
+        """Read what the socket has, waiting if nothing, after the bytes not used yet.
+
+        Raises:
+            EndpointClosed, PeerGone, PeerBrokeFraming, EndpointIOError: as recv_into.
+        """
         if self._broken:
             self._break(self._broken)
         start, end, buf = self._start, self._end, self._rbuf
@@ -179,10 +179,9 @@ class StreamConnection(Port):
             # Move the partial frame to the front: the read below always has
             # room for a whole frame of the largest size after it.
             buf[: end - start] = self._rview[start:end]
-            start, end = 0, end - start
-            self._start, self._end = start, end
+            self._start, self._end = 0, end - start
         try:
-            n = self._io.read(_recv_into, self._rview[end:])
+            n = self._io.read(_recv_into, self._rview[self._end :])
         except EndpointClosed as exc:
             if self.closed_because:
                 raise EndpointClosed(self.closed_because, endpoint=self.name) from exc
@@ -195,19 +194,25 @@ class StreamConnection(Port):
         if n == 0:
             self._close("the peer closed the connection")
             raise PeerGone("the peer closed the connection", endpoint=self.name)
-        end += n
-        frames, at, runts, too_long = split_frames(buf, start, end, MAX_FRAME)
+        self._end += n
+
+    def _fill(self) -> None:
+        """Read more and split it into frames."""
+        self._read_more()
+        start, end = self._start, self._end
+        frames, at, runts, too_long = split_frames(self._rbuf, start, end, MAX_FRAME)
         if runts:
-            self.drops["rx_runt"] += runts
-            self.counters.rx_errors += runts
+            self._runts(runts)
         self._frames, self._next = frames, 0
-        self._start, self._end = at, end
-        if at == end:
-            self._start = self._end = 0
+        self._start, self._end = (0, 0) if at == end else (at, end)
         if too_long:
             self._broken = too_long
             if not frames:
                 self._break(too_long)
+
+    def _runts(self, count: int) -> None:
+        self.drops["rx_runt"] += count
+        self.counters.rx_errors += count
 
     def _break(self, length: int) -> None:
         self.drops["rx_bad_length"] += 1
@@ -216,7 +221,64 @@ class StreamConnection(Port):
         self._close(why)
         raise PeerBrokeFraming(why, endpoint=self.name)
 
+    def relay_to(
+        self, sink: Any, on_send_error: Callable[[GreentapError], Any], mirrors: Sequence[Any]
+    ) -> bool:
+        """Write every frame read to ``sink`` (a TAP) in batches, in C where it was built.
+
+        Returns:
+            False at once with mirrors, or for a sink that does not take a frame
+            per write (another stream, a tunnel): the generic loop serves them.
+            Otherwise it returns only by raising, as :meth:`recv_into` does.
+        """
+        if mirrors or not takes_frames(sink):
+            return False
+        _stream_to_sink(self, sink, on_send_error)
+        return True  # pragma: no cover - it only ends by raising
+
+    def relay_from(self, src: Any, on_send_error: Callable[[GreentapError], Any]) -> None:
+        """The relay of a TAP to this port: its frames gathered in batches."""
+        streams.tap_to_stream(src, self, on_send_error)
+
     # --- writing ------------------------------------------------------------
+    def room(self) -> int:
+        """Bytes the send buffer can still take."""
+        return 0 if self._io.closed else self.send_buffer - len(self._pending)
+
+    def send_gathered(self, data: memoryview, frames: int, nbytes: int, dropped: int) -> None:
+        """Send ``frames`` frames already behind their lengths (``data``; ``nbytes``
+        without the lengths), as send() would; count ``dropped`` that did not fit."""
+        counters = self.counters
+        if self._io.closed:
+            counters.tx_errors += frames + dropped
+            return
+        if dropped:
+            self.drops["tx_backpressure"] += dropped
+            counters.tx_dropped += dropped
+        counters.tx_packets += frames
+        counters.tx_bytes += nbytes
+        if not frames:
+            return
+        pending = self._pending
+        if pending or self._flushing:
+            pending += data  # behind what waits: order kept
+            if not self._flushing:
+                self._flushing = True
+                self._hub.loop.run_callback(self._flush)
+            return
+        sock: Any = self._io.holder.handle
+        try:
+            sent = sock.send(data)  # nothing waits: straight out, no copy
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(f"a send failed: {exc.strerror}")
+            return
+        if sent < len(data):
+            pending += data[sent:]
+            self._flushing = True
+            self._writer.start(self._flush)
+
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Queue one frame behind its length; it leaves at the hub's next turn.
 
@@ -274,10 +336,7 @@ class StreamConnection(Port):
         if self._writer.active:
             self._writer.stop()
 
-    @property
-    def queued(self) -> int:
-        """Bytes waiting in the send buffer."""
-        return len(self._pending)
+    queued = property(lambda self: len(self._pending), doc="Bytes waiting in the send buffer.")
 
     # --- lifetime -----------------------------------------------------------
     def _close(self, why: str) -> None:
@@ -301,191 +360,37 @@ class StreamConnection(Port):
             departed(self)
 
 
-def connect_address(kind: str, target: Any, *, endpoint: str) -> tuple[int, Any]:
-    """The socket family and address a stream endpoint connects to or listens on.
-
-    Args:
-        kind: ``"unix"`` (``target`` a path) or ``"tcp"`` (``(host, port)``).
-        target: as above.
-        endpoint: for errors.
-
-    Raises:
-        EndpointUnavailable: the host name does not resolve.
-    """
-    if kind == "unix":
-        return socket.AF_UNIX, target
-    host, port = target
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise EndpointUnavailable(f"cannot resolve {host!r}: {why}", endpoint=endpoint) from exc
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[:2]
-
-
-class StreamClient(Port):
-    """``unix:PATH`` or ``tcp://HOST:PORT``: connect to a listening peer, and again when it goes.
-
-    The first attempt is made when the port is first read (by the forwarder's
-    pump), then after every disconnection, with a delay doubling from 0.1 to
-    5 s while attempts fail.  Each change is reported once through
-    :attr:`notify` (``peer_connected``, ``peer_disconnected``,
-    ``peer_unreachable``) and counted (:meth:`describe`: ``connects``,
-    ``disconnects``, ``connect_failures``).  Frames sent while no
-    connection is up are dropped as for a link that is down
-    (``tx_link_down``).
-
-    Args:
-        name: what logs and counters call it.
-        kind: ``"unix"`` or ``"tcp"``.
-        target: the socket path, or ``(host, port)``.
-        hub: the gevent hub.
-        send_buffer: see :class:`StreamConnection`.
-
-    Raises:
-        EndpointUnavailable: a TCP host name that does not resolve.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        kind: str,
-        target: Any,
-        hub: Any = None,
-        send_buffer: int = DEFAULT_SEND_BUFFER,
-    ) -> None:
-        self.name, self.kind = name, kind
-        self.family, self.address = connect_address(kind, target, endpoint=name)
-        self.counters = DeviceCounters()
-        self.drops: collections.Counter[str] = collections.Counter()
-        self.max_frame_size = MAX_FRAME
-        self.send_buffer = send_buffer
-        self._hub = hub if hub is not None else gevent.get_hub()
-        self._conn: StreamConnection | None = None
-        self._closed = False
-        self._stopping = gevent.event.Event()
-        self._connecting: Any = None  # the write watcher of a connect in progress
-        self._last_failure: str | None = None
-        self.events: collections.Counter[str] = collections.Counter()
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is up."""
-        return self._conn is not None and not self._conn.closed
-
-    def describe(self) -> dict[str, Any]:
-        """Return a dict describing the port for logs."""
-        peer = self.address if self.kind == "unix" else "{}:{}".format(*self.address)
-        return {
-            **super().describe(),
-            "peer": peer,
-            "connected": self.connected,
-            **{k: self.events[k] for k in ("connects", "disconnects", "connect_failures")},
-        }
-
-    def recv_into(self, buffer: bytearray | memoryview) -> int:
-        """Read the next frame, connecting (again) first if needed.
-
-        Raises:
-            EndpointClosed: the port was closed (the only way it ends).
-        """
-        while True:
-            conn = self._conn
-            if conn is None:
-                conn = self._connect()
-            try:
-                return conn.recv_into(buffer)
-            except EndpointClosed:
-                if self._closed:
-                    raise
-                why = conn.closed_because or "the connection was closed"
-            except GreentapError as exc:  # PeerGone, PeerBrokeFraming, an I/O error
-                if self._closed:
-                    raise EndpointClosed(endpoint=self.name) from exc
-                why = exc.reason
-            self._lost(conn, why)
-
-    def _lost(self, conn: StreamConnection, why: str) -> None:
-        conn.close()
-        self._conn = None
-        self.events["disconnects"] += 1
-        self.notify("peer_disconnected", error=why)
-
-    def _connect(self) -> StreamConnection:
-        """Connect, waiting with backoff until it works.
-
-        Raises:
-            EndpointClosed: the port was closed meanwhile.
-        """
-        delay = BACKOFF[0]
-        while True:
-            if self._closed:
-                raise EndpointClosed(endpoint=self.name)
-            try:
-                sock = self._attempt()
-            except OSError as exc:
-                why = exc.strerror or str(exc)
-                self.events["connect_failures"] += 1
-                if why != self._last_failure:
-                    self._last_failure = why
-                    self.notify("peer_unreachable", error=why, retry_in=delay)
-                if self._stopping.wait(delay):
-                    raise EndpointClosed(endpoint=self.name) from None
-                delay = min(delay * 2, BACKOFF[1])
+def _stream_to_sink(conn: StreamConnection, sink: Any, on_send_error: Callable[..., Any]) -> None:
+    """The loop of :meth:`StreamConnection.relay_to`: every whole frame of each read
+    written to ``sink`` (``write_stream_frames``), then the next read."""
+    write, io = streams.write_stream_frames, conn._io
+    counters, rview = conn.counters, conn._rview
+    pending = [rview[o : o + n] for o, n in zip(conn._frames[conn._next :: 2],
+                                                  conn._frames[conn._next + 1 :: 2],
+                                                  strict=True)]  # fmt: skip
+    conn._frames, conn._next = [], 0
+    if pending:  # split by recv_into before this relay took over
+        counters.rx_packets += len(pending)
+        counters.rx_bytes += sum(len(f) for f in pending)
+        relay.write_all(pending, sink, on_send_error)
+    while True:
+        if conn._end - conn._start >= HEADER_SIZE:
+            end, code, at, rx, rx_bytes, *counts, runts, too_long = write(
+                sink.io.holder.fd, conn._rbuf, conn._start, conn._end, MAX_FRAME
+            )
+            conn._start = at
+            relay.publish(counters, sink.counters, rx, rx_bytes, *counts)
+            if runts:
+                conn._runts(runts)
+            io.count(rx // io.budget)
+            if end == streams.WRITE_ERROR:
+                relay.write_failed(sink, OSError(code, os.strerror(code)), on_send_error)
                 continue
-            self._last_failure = None
-            self._conn = StreamConnection(
-                sock, self.name, kind=self.kind, hub=self._hub, counters=self.counters,
-                drops=self.drops, send_buffer=self.send_buffer,
-            )  # fmt: skip
-            self.events["connects"] += 1
-            self.notify("peer_connected", level="info", peer=self.describe()["peer"])
-            return self._conn
+            if too_long:
+                conn._break(too_long)
+        conn._read_more()
 
-    def _attempt(self) -> socket.socket:
-        """One non-blocking connect, waited for on the hub.
 
-        Raises:
-            OSError: it failed (refused, no such socket, timed out, ...).
-        """
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            code = sock.connect_ex(self.address)
-            if code in (errno.EINPROGRESS, errno.EAGAIN):
-                watcher = self._connecting = self._hub.loop.io(sock.fileno(), 2)
-                try:
-                    with gevent.Timeout(_CONNECT_TIMEOUT, OSError(errno.ETIMEDOUT, "timed out")):
-                        self._hub.wait(watcher)
-                finally:
-                    self._connecting = None
-                    watcher.close()
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise OSError(code, os.strerror(code))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def send(self, frame: bytes | bytearray | memoryview) -> bool:
-        """Queue one frame on the connection; dropped (``tx_link_down``) while there is none."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            self.counters.tx_link_down += 1
-            return False
-        return conn.send(frame)
-
-    def close(self) -> None:
-        """Close the port and its connection; a reader or a connect in progress ends."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        watcher = self._connecting
-        if watcher is not None:
-            self._hub.cancel_wait(watcher, EndpointClosed(endpoint=self.name))
-        if self._conn is not None:
-            self._conn.close()
+def takes_frames(sink: Any) -> bool:
+    """Whether ``sink`` takes one frame per write (a TAP, a packet socket)."""
+    return getattr(sink, "relay_from", None) is None and getattr(sink, "udp_relay", None) is None

@@ -13,7 +13,8 @@ from greentap.core import streamframe as sf
 from greentap.core.endpoints import parse_endpoint
 from greentap.errors import EndpointClosed, EndpointUnavailable, PeerBrokeFraming, PeerGone
 from greentap.ports import open_port
-from greentap.ports.stream import StreamClient, StreamConnection
+from greentap.ports.client import StreamClient
+from greentap.ports.stream import StreamConnection
 from tests.conftest import open_fds, settle
 
 

@@ -7,6 +7,15 @@ busybox-static and an ``/init`` script.  The guest reads ``gt.ip=``, ``gt.ping=`
 ``gt.count=`` from the kernel command line and prints ``GT-READY <mac> <ip>`` and
 ``GT-PING rc=<rc> transmitted=<n> received=<n>`` on its serial console.
 
+Typical use (the listener must be up first; QEMU 7.2 connects once)::
+
+    with (
+        Guest(path_a, "198.18.7.1/24", name="a") as a,
+        Guest(path_b, "198.18.7.2/24", ping="198.18.7.1", count=5, name="b") as b,
+    ):
+        a.wait_for(READY_RE)
+        assert b.ping_result(timeout=120) == (0, 5, 5), b.output
+
 Smoke check (run from the repository root): ``python -m tests.vm.guest [--netdev KIND]``.
 """
 
@@ -239,10 +248,10 @@ def build_guest(cache_dir: str = DEFAULT_CACHE) -> tuple[str, str]:
             # Sandbox user root: _apt cannot write into a 0700 temp dir.
             download = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root"]
             _apt([*download, f"{package}={version}"], timeout=900, cwd=tmp)
-            (deb,) = glob.glob(os.path.join(tmp, "*.deb"))
-            _run(["dpkg-deb", "-x", deb, os.path.join(tmp, "x")], timeout=300)
+            for deb in glob.glob(os.path.join(tmp, "*.deb")):
+                _run(["dpkg-deb", "-x", deb, os.path.join(tmp, "x")], timeout=300)
             images = glob.glob(os.path.join(tmp, "x/boot/vmlinuz-*"))
-            moddirs = glob.glob(os.path.join(tmp, "x/*lib/modules/*"))
+            moddirs = glob.glob(os.path.join(tmp, "x/lib/modules/*"))
             moddirs += glob.glob(os.path.join(tmp, "x/usr/lib/modules/*"))
             if len(images) != 1 or len(moddirs) != 1:
                 raise GuestError(f"{package}: expected one vmlinuz and one module dir")
@@ -385,8 +394,7 @@ class Guest:
             while check_connected and not re.search(connected, info := self.netdev_info()):
                 # 7.2 never retries: a "connection error" is final.
                 if time.monotonic() > deadline or "connection error" in info:
-                    state = info.strip(" \\\r\n")
-                    raise GuestError(f"{self.name}: no listener at {self.peer}? ({state})")
+                    raise GuestError(f"{self.name}: no listener at {self.peer}? ({info})")
                 _sleep(0.05)
         except GuestError:
             self.kill()  # __exit__ does not run when __enter__ raises
@@ -422,7 +430,8 @@ class Guest:
                             while "return" not in (reply := json.loads(qmp.readline() or "{}")):
                                 if "error" in reply or not reply:
                                     raise OSError(f"QMP said {reply}")
-                return next((ln for ln in reply["return"].splitlines() if "n0:" in ln), "")
+                lines = reply["return"].splitlines()
+                return next((ln.strip(" \\") for ln in lines if "n0:" in ln), "")
             except (OSError, ValueError) as exc:
                 if time.monotonic() > deadline:
                     raise GuestError(f"{self.name}: QMP failed: {exc}") from exc
