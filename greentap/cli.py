@@ -61,6 +61,17 @@ endpoints:
                          raw frames, one per datagram (QEMU's -netdev dgram);
                          mtu=N: the guest's MTU, no frame sent is larger
                          IPv6 addresses go in brackets: udp://[::1]:5555
+  unix:PATH | tcp://HOST:PORT
+                         a stream socket carrying QEMU's framing (each frame
+                         behind a 4-byte length; -netdev stream or socket,
+                         passt): connected to, and again with backoff (0.1 to
+                         5 s) when the peer goes
+  unix:PATH?listen[&mode=0660&group=G&max=N] | tcp://[ADDR]:PORT?listen[&max=N]
+                         listen: each VM that connects is a switch port until
+                         it disconnects (max=N at once, default 64). The
+                         socket file is made 0600 unless mode=/group= say
+                         otherwise and removed at exit; TCP listens on
+                         127.0.0.1 unless given an address
   pcap:PATH[?snaplen=N&rotate=SIZE&keep=N] | pcap:-
                          write-only: every frame forwarded, as a pcap file
                          (rotated at SIZE such as 100M, keeping N files) or
@@ -78,6 +89,9 @@ examples:
   {PROG} --stats 5 --log-format json tap:vm1 tap:vm2
   {PROG} --mtu 1450 tap0 'vxlan://192.0.2.7?vni=42'      a TAP into a VXLAN segment
   {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev
+  {PROG} tap0 'unix:/run/vms.sock?listen'   a switch QEMU guests join and leave:
+      qemu-system-x86_64 ... -netdev stream,id=n0,server=off,addr.type=unix,\
+          addr.path=/run/vms.sock -device virtio-net-pci,netdev=n0
   {PROG} tap0 tap1 pcap:- | tcpdump -n -r -    watch the traffic live
   {PROG} --metrics 9100 tap0 tap1 'pcap:/var/tmp/sw.pcap?rotate=100M&keep=5'
   {PROG} --user nobody tap0 tap1        open as root, then forward as nobody

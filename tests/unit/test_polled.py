@@ -292,3 +292,30 @@ def test_a_wait_with_a_timeout_ends_at_the_timeout_or_when_readable(seqpacket):
     gevent.spawn_later(0.01, peer.send, FRAME)
     assert tap.io.wait_readable(5) is True
     assert tap.recv() == FRAME
+
+
+def test_the_budget_yield_comes_before_a_read_never_with_a_frame_in_hand():
+    """After ``budget`` reads in a row the next read yields to the hub first and only
+    then reads: a greenlet killed in that yield (a forwarder rewiring its pumps)
+    leaves the frame in the socket for whoever reads next."""
+    from greentap.device.fd import FdHolder
+    from greentap.green.fdio import GreenFd
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    io = GreenFd(FdHolder(ours, name="b2"), budget=2)
+    for i in range(3):
+        peer.send(bytes([i]))
+
+    def recv(sock, size):
+        return sock.recv(size)
+
+    assert [io.read(recv, 10), io.read(recv, 10)] == [b"\x00", b"\x01"]  # the budget spent
+    third = gevent.spawn(io.read, recv, 10)
+    gevent.sleep(0)  # it starts, and yields: before reading
+    assert not third.dead
+    # Where it waits now, the frame is still in the socket: a greenlet thrown
+    # out of this wait (a rewire) would leave it for whoever reads next.
+    assert ours.recv(10, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"\x02"
+    assert third.get(timeout=1) == b"\x02"
+    io.close()
+    peer.close()
