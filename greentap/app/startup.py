@@ -86,7 +86,7 @@ def describe_offloads() -> str:
 
 # Endpoint kinds whose frames carry a virtio-net header, so super-frames pass
 # whole: natively (TAPs, packet:) or cut and merged in software (tunnels).
-_SUPER_FRAME_CARRIERS = frozenset({"tap", "packet", "vxlan", "udp"})
+_SUPER_FRAME_CARRIERS = frozenset({"tap", "packet", "vxlan", "udp", "unix", "tcp"})
 # Of those, the ones whose peer takes super-frames: offloads pay only with one.
 _NATIVE_CARRIERS = frozenset({"tap", "packet"})
 
@@ -96,9 +96,9 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
 
     ``auto`` turns them on when there is a TAP or a ``packet:`` interface and
     every endpoint that carries traffic can carry super-frames: TAPs and
-    ``packet:`` natively, tunnels by cutting and merging in software; an
-    ``fd:`` endpoint and a stream (``unix:``, ``tcp://``: QEMU's framing has
-    no vnet header) carry plain frames.  ``on`` insists.
+    ``packet:`` natively, tunnels and streams (``unix:``, ``tcp://``) by
+    cutting and merging in software; an ``fd:`` endpoint carries plain
+    frames.  ``on`` insists.
 
     Raises:
         UsageError: ``on`` with an endpoint that cannot carry super-frames.
@@ -107,8 +107,8 @@ def offload_policy(specs: Sequence[EndpointSpec], offload: str) -> bool:
     whole = carriers <= _SUPER_FRAME_CARRIERS
     if offload == "on" and not whole:
         raise UsageError(
-            "--offload on needs every forwarding endpoint to be a TAP, a packet: interface "
-            "or a tunnel (fd:, unix: and tcp:// endpoints carry plain frames)"
+            "--offload on needs every forwarding endpoint to be a TAP, a packet: interface, "
+            "a tunnel or a stream (fd: endpoints carry plain frames)"
         )
     return offload == "on" or (offload == "auto" and whole and bool(carriers & _NATIVE_CARRIERS))
 

@@ -89,7 +89,7 @@ class Topology:
         if any(p.policer is not None for p in data):
             return "python", "a rate limit polices the frames"
         if not all(p.sink is not None for p in data):
-            return "python", "an endpoint is not a TAP or a packet: interface with offloads"
+            return "python", "an endpoint takes frames one at a time (it has no tight relay)"
         return relay.LOOP, relay.LOOP_REASON
 
     def data(self) -> list[tuple[int, Port]]:

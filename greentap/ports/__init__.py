@@ -10,7 +10,7 @@ Each registers its opener with :mod:`~greentap.ports.registry`, which
 :func:`open_port` consults; importing this package registers them all.
 """
 
-from greentap.ports import client, listener, packet, pcap, stream, tap, tunnel
+from greentap.ports import client, listener, packet, pcap, stream, superstream, tap, tunnel
 from greentap.ports.base import FramePort, Port
 from greentap.ports.client import StreamClient
 from greentap.ports.listener import StreamListener
@@ -44,6 +44,7 @@ __all__ = [
     "put_back",
     "register",
     "stream",
+    "superstream",
     "tap",
     "tunnel",
 ]

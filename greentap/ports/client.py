@@ -25,6 +25,7 @@ from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
 from greentap.green import streams
 from greentap.ports.base import Port
 from greentap.ports.stream import DEFAULT_SEND_BUFFER, StreamConnection, takes_frames
+from greentap.ports.superstream import SuperStream
 
 __all__ = ["BACKOFF", "StreamClient", "connect_address"]
 
@@ -74,6 +75,8 @@ class StreamClient(Port):
         target: the socket path, or ``(host, port)``.
         hub: the gevent hub.
         send_buffer: see :class:`StreamConnection`.
+        offload: carry super-frames behind a vnet header
+            (:class:`~greentap.ports.superstream.SuperStream`), for TAPs with offloads.
 
     Raises:
         EndpointUnavailable: a TCP host name that does not resolve.
@@ -87,8 +90,11 @@ class StreamClient(Port):
         target: Any,
         hub: Any = None,
         send_buffer: int = DEFAULT_SEND_BUFFER,
+        offload: bool = False,
     ) -> None:
         self.name, self.kind = name, kind
+        self._connection = SuperStream if offload else StreamConnection
+        self.header_size = SuperStream.header_size if offload else 0
         self.family, self.address = connect_address(kind, target, endpoint=name)
         self.counters = DeviceCounters()
         self.drops: collections.Counter[str] = collections.Counter()
@@ -101,7 +107,8 @@ class StreamClient(Port):
         self._connecting: Any = None  # the write watcher of a connect in progress
         self._last_failure: str | None = None
         self.events: collections.Counter[str] = collections.Counter()
-        self.sink = self  # a TAP's relay gathers its frames for us (relay_from)
+        # A TAP's relay gathers its frames for us (relay_from); super-frames need cutting.
+        self.sink = None if offload else self
 
     @property
     def connected(self) -> bool:
@@ -204,7 +211,7 @@ class StreamClient(Port):
                 delay = min(delay * 2, BACKOFF[1])
                 continue
             self._last_failure = None
-            self._conn = StreamConnection(
+            self._conn = self._connection(
                 sock, self.name, kind=self.kind, hub=self._hub, counters=self.counters,
                 drops=self.drops, send_buffer=self.send_buffer,
             )  # fmt: skip

@@ -40,6 +40,7 @@ from greentap.ports.base import Port
 from greentap.ports.client import StreamClient, connect_address
 from greentap.ports.registry import OpenOptions, register
 from greentap.ports.stream import StreamConnection
+from greentap.ports.superstream import SuperStream
 
 __all__ = ["StreamListener"]
 
@@ -54,6 +55,8 @@ class StreamListener(Port):
     Args:
         spec: the parsed ``unix:`` or ``tcp://`` endpoint with ``listen``.
         hub: the gevent hub.
+        offload: its connections carry super-frames behind a vnet header
+            (:class:`~greentap.ports.superstream.SuperStream`), for TAPs with offloads.
 
     Attributes:
         accepts: True: the forwarder runs :meth:`accept` rather than reading.
@@ -69,8 +72,11 @@ class StreamListener(Port):
     readable = False
     accepts = True
 
-    def __init__(self, spec: EndpointSpec, *, hub: Any = None) -> None:
+    def __init__(self, spec: EndpointSpec, *, hub: Any = None, offload: bool = False) -> None:
         self.name = spec.text
+        # Beside TAPs with offloads its connections carry super-frames (cut and merged).
+        self._connection = SuperStream if offload else StreamConnection
+        self.header_size = SuperStream.header_size if offload else 0
         self.kind = f"{spec.kind}-listener"
         self._conn_kind = spec.kind
         self.max_connections: int = spec.options["max"]
@@ -170,7 +176,7 @@ class StreamListener(Port):
             self._serial += 1
             self.active += 1
             self.accepted += 1
-            conn = StreamConnection(
+            conn = self._connection(
                 sock, f"{self.label}#{self._serial}", kind=self._conn_kind, hub=self._io.hub,
                 peer=_format_peer(peer) if peer else None,
             )  # fmt: skip
@@ -284,6 +290,8 @@ def _format_peer(peer: Any) -> str | None:
 @register("unix", "tcp")
 def _open(spec: EndpointSpec, options: OpenOptions) -> Port:
     if spec.options["listen"]:
-        return StreamListener(spec, hub=options.hub)
+        return StreamListener(spec, hub=options.hub, offload=options.offload)
     target = spec.name if spec.kind == "unix" else spec.options["address"]
-    return StreamClient(spec.text, kind=spec.kind, target=target, hub=options.hub)
+    return StreamClient(
+        spec.text, kind=spec.kind, target=target, hub=options.hub, offload=options.offload
+    )

@@ -123,22 +123,11 @@ class StreamConnection(Port):
         self._writer = self._hub.loop.io(sock.fileno(), 2)
         self.sink = self  # a TAP's relay gathers its frames for us (relay_from)
 
-    @property
-    def closed(self) -> bool:
-        """True once the connection was closed."""
-        return self._io.closed
-
-    @property
-    def io(self) -> GreenFd:
-        """The :class:`~greentap.green.fdio.GreenFd` the socket is read through."""
-        return self._io
+    closed = property(lambda self: self._io.closed, doc="True once the connection was closed.")
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the port for logs."""
-        info = super().describe()
-        if self.peer is not None:
-            info["peer"] = self.peer
-        return info
+        return {**super().describe(), **({"peer": self.peer} if self.peer else {})}
 
     # --- reading ------------------------------------------------------------
     def recv_into(self, buffer: bytearray | memoryview) -> int:
@@ -196,19 +185,29 @@ class StreamConnection(Port):
             raise PeerGone("the peer closed the connection", endpoint=self.name)
         self._end += n
 
-    def _fill(self) -> None:
-        """Read more and split it into frames."""
+    def _split(self) -> tuple[list[int], int]:
+        """Read more and split it: the frames' ``[offset, length, ...]``, and a length
+        over the largest that ends them (0 if none)."""
         self._read_more()
         start, end = self._start, self._end
         frames, at, runts, too_long = split_frames(self._rbuf, start, end, MAX_FRAME)
         if runts:
             self._runts(runts)
-        self._frames, self._next = frames, 0
         self._start, self._end = (0, 0) if at == end else (at, end)
+        return frames, too_long
+
+    def _ends_after(self, too_long: int, frames: int) -> None:
+        """A length over the largest came after ``frames`` frames: end once they are out."""
+        self._broken = too_long
+        if not frames:
+            self._break(too_long)
+
+    def _fill(self) -> None:
+        """Read more and split it into frames."""
+        frames, too_long = self._split()
+        self._frames, self._next = frames, 0
         if too_long:
-            self._broken = too_long
-            if not frames:
-                self._break(too_long)
+            self._ends_after(too_long, len(frames))
 
     def _runts(self, count: int) -> None:
         self.drops["rx_runt"] += count
@@ -262,9 +261,7 @@ class StreamConnection(Port):
         pending = self._pending
         if pending or self._flushing:
             pending += data  # behind what waits: order kept
-            if not self._flushing:
-                self._flushing = True
-                self._hub.loop.run_callback(self._flush)
+            self._soon()
             return
         sock: Any = self._io.holder.handle
         try:
@@ -305,10 +302,14 @@ class StreamConnection(Port):
         pending += frame
         counters.tx_packets += 1
         counters.tx_bytes += n
+        self._soon()
+        return True
+
+    def _soon(self) -> None:
+        """Send what is queued at the hub's next turn (once, however many frames came)."""
         if not self._flushing:
             self._flushing = True
             self._hub.loop.run_callback(self._flush)
-        return True
 
     def _flush(self) -> None:
         """Send what is queued (in the hub: never waits, never raises)."""
