@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -110,6 +111,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block.
         self.exit(EXIT_USAGE, f"{PROG}: error: {one_line(message)} (see --help)\n")
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # `tap-forward --help | head -1`: a reader gone early is not an error
+        # (argparse ignores it from Python 3.11 on; 3.10 raises).
+        try:
+            super()._print_message(message, file)
+        except OSError:
+            _quiet(file or sys.stderr)
+
+
+def _quiet(stream: Any) -> None:
+    """Point a stream whose reader is gone at /dev/null: what is still buffered would
+    fail again at exit, turning a clean exit into status 120."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class _Version(argparse.Action):
