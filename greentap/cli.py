@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -28,7 +27,7 @@ from greentap.app.exits import (
     exit_status,
     one_line,
 )
-from greentap.app.logs import PROG, configure_logging
+from greentap.app.logs import PROG, configure_logging, quiet
 from greentap.core.endpoints import SYNTAX, parse_hostport
 from greentap.core.numbers import parse_decimal, parse_int
 from greentap.errors import GreentapError, UsageError
@@ -118,20 +117,7 @@ class _Parser(argparse.ArgumentParser):
         try:
             super()._print_message(message, file)
         except OSError:
-            _quiet(file or sys.stderr)
-
-
-def _quiet(stream: Any) -> None:
-    """Point a stream whose reader is gone at /dev/null: what is still buffered would
-    fail again at exit, turning a clean exit into status 120."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, stream.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
+            quiet(file or sys.stderr)
 
 
 class _Version(argparse.Action):

@@ -33,6 +33,7 @@ __all__ = [
     "configure_logging",
     "library_logger",
     "log_format",
+    "quiet",
 ]
 
 PROG = "tap-forward"
@@ -104,18 +105,7 @@ class SafeStream:
 
     def _break(self, exc: BaseException) -> None:
         self.broken = exc
-        # What is still buffered would fail again when the interpreter flushes
-        # its streams at exit, turning a clean exit into status 120.  Point the
-        # fd at /dev/null, as Python's documentation advises for SIGPIPE.
-        try:
-            fd = self._stream.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-        except (OSError, ValueError, AttributeError):
-            return
-        try:
-            os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
+        quiet(self._stream)
 
     def isatty(self) -> bool:
         try:
@@ -203,3 +193,21 @@ def log_format(fmt: str | None, stream: Any) -> str:
 def _add_logger_name(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
     event_dict.setdefault("logger", PROG)
     return event_dict
+
+
+def quiet(stream: Any) -> None:
+    """Point a stream whose reader is gone at /dev/null.
+
+    What is still buffered would fail again when the interpreter flushes its
+    streams at exit, turning a clean exit into status 120: Python's
+    documentation advises this for SIGPIPE.
+    """
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

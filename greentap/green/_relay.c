@@ -721,47 +721,80 @@ done:
 #define STREAM_HLEN 4
 #define ETH_HLEN_ 14
 
-/* gather_for_stream(in_fd, buffer, budget, max_frame, room) -> (end, errno, rx, rx_bytes,
- * used, frames, dropped): up to `budget` frames read from in_fd into buffer, each behind
- * its length, for one send; a frame that would take the gathered bytes over `room` (what
- * the stream's queue can still take) is read and dropped. */
+/* gather_for_stream(in_fd, buffer, budget, max_frame, room, header=0) -> (end, errno, rx,
+ * rx_bytes, used, frames, dropped, back_at, back_len, back_header): up to `budget` frames
+ * read from in_fd into buffer, each behind its length, for one send; a frame that would
+ * take the gathered bytes over `room` (what the stream's queue can still take) is read and
+ * dropped.  With a vnet header of `header` bytes in front of each frame read, the header is
+ * read aside and left out; a frame whose header asks for work (segmentation, a checksum)
+ * ends the batch (end 5) and is handed back: its header, and where its bytes are. */
 static PyObject *
 gather_for_stream(PyObject *self, PyObject *args)
 {
-    int in_fd, budget;
+    int in_fd, budget, header = 0;
     Py_buffer buf;
     Py_ssize_t max_frame, room;
-    if (!PyArg_ParseTuple(args, "iw*inn", &in_fd, &buf, &budget, &max_frame, &room))
+    if (!PyArg_ParseTuple(args, "iw*inn|i", &in_fd, &buf, &budget, &max_frame, &room, &header))
         return NULL;
+    if (header < 0 || header > MAX_HEADER) {
+        PyBuffer_Release(&buf);
+        return PyErr_Format(PyExc_ValueError, "a vnet header of %d bytes", header);
+    }
     struct counts c = {0};
     long long frames = 0, dropped = 0;
     int end = END_BUDGET, err = 0;
-    unsigned char *data = buf.buf;
+    unsigned char *data = buf.buf, vnet[MAX_HEADER];
     size_t size = (size_t)buf.len, used = 0;
+    Py_ssize_t back_at = 0, back_len = 0;
     if (max_frame < 0)
         max_frame = 0;
     for (int i = 0; i < budget; i++) {
         if (size - used < (size_t)max_frame + STREAM_HLEN)
             break; /* full: send this much first */
-        ssize_t n = read_counted(in_fd, (char *)data + used + STREAM_HLEN,
-                                 size - used - STREAM_HLEN, &end, &err, &c);
-        if (n == 0)
+        struct iovec iov[2] = {
+            {vnet, (size_t)header},
+            {data + used + STREAM_HLEN, size - used - STREAM_HLEN},
+        };
+        ssize_t n;
+        do {
+            n = readv(in_fd, iov + (header ? 0 : 1), header ? 2 : 1);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            if (n == 0)
+                end = END_EOF;
+            else if (errno == EAGAIN || errno == EWOULDBLOCK)
+                end = END_WAIT;
+            else {
+                end = END_READ_ERROR;
+                err = errno;
+            }
             break;
-        if (room < 0 || (size_t)room < used + STREAM_HLEN + (size_t)n) {
+        }
+        c.rx++;
+        c.rx_bytes += n;
+        size_t length = (size_t)n > (size_t)header ? (size_t)n - (size_t)header : 0;
+        if (header && ((size_t)n < (size_t)header + 14 || vnet[0] || vnet[1])) {
+            end = END_HANDBACK; /* segmentation or a checksum to finish: the caller's */
+            back_at = (Py_ssize_t)(used + STREAM_HLEN);
+            back_len = (Py_ssize_t)length;
+            break;
+        }
+        if (room < 0 || (size_t)room < used + STREAM_HLEN + length) {
             dropped++; /* the queue is full: dropped, as a NIC's full ring drops */
             continue;
         }
         unsigned char *h = data + used;
-        h[0] = (unsigned char)(n >> 24);
-        h[1] = (unsigned char)(n >> 16);
-        h[2] = (unsigned char)(n >> 8);
-        h[3] = (unsigned char)n;
-        used += STREAM_HLEN + (size_t)n;
+        h[0] = (unsigned char)(length >> 24);
+        h[1] = (unsigned char)(length >> 16);
+        h[2] = (unsigned char)(length >> 8);
+        h[3] = (unsigned char)length;
+        used += STREAM_HLEN + length;
         frames++;
     }
     PyBuffer_Release(&buf);
-    return Py_BuildValue("(iiLLnLL)", end, err, c.rx, c.rx_bytes, (Py_ssize_t)used, frames,
-                         dropped);
+    return Py_BuildValue("(iiLLnLLnny#)", end, err, c.rx, c.rx_bytes, (Py_ssize_t)used, frames,
+                         dropped, back_at, back_len, (const char *)vnet,
+                         (Py_ssize_t)(end == END_HANDBACK ? header : 0));
 }
 
 /* write_stream_frames(out_fd, buffer, start, end, limit) -> (end, errno, next, rx, rx_bytes,
@@ -827,10 +860,11 @@ write_stream_frames(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"gather_for_stream", gather_for_stream, METH_VARARGS,
-     "gather_for_stream(in_fd, buffer, budget, max_frame, room) -> (end, errno, rx, "
-     "rx_bytes, used, frames, dropped)\n\nUp to `budget` frames read from in_fd into "
-     "buffer, each behind its 4-byte big-endian length (QEMU's stream framing), for one "
-     "send; frames past `room` bytes are read and dropped."},
+     "gather_for_stream(in_fd, buffer, budget, max_frame, room, header=0) -> (end, errno, rx, "
+     "rx_bytes, used, frames, dropped, back_at, back_len, back_header)\n\nUp to `budget` "
+     "frames read from in_fd into buffer, each behind its 4-byte big-endian length (QEMU's "
+     "stream framing), for one send; frames past `room` bytes are read and dropped; a vnet "
+     "header of `header` bytes is left out, and a frame it asks work for handed back (end 5)."},
     {"write_stream_frames", write_stream_frames, METH_VARARGS,
      "write_stream_frames(out_fd, buffer, start, end, limit) -> (end, errno, next, rx, "
      "rx_bytes, tx, tx_bytes, dropped, link_down, errors, runts, too_long)\n\nThe whole "

@@ -42,11 +42,13 @@ _HLEN = 4
 #: How a batch of write_stream_frames ended when a write failed for good.
 WRITE_ERROR = 4
 _WRITE_ERROR = WRITE_ERROR
+_HANDBACK = 5  # a frame gather_for_stream leaves to the caller: it needs work
 _GATHER = 1 << 20  # bytes of frames gathered for one send
 
 
-def python_gather_for_stream(in_fd: int, buffer: Any, budget: int, max_frame: int,
-                             room: int) -> tuple[int, int, int, int, int, int, int]:  # fmt: skip
+def python_gather_for_stream(
+    in_fd: int, buffer: Any, budget: int, max_frame: int, room: int, header: int = 0
+) -> tuple[int, int, int, int, int, int, int, int, int, bytes]:
     """Read up to ``budget`` frames from ``in_fd`` into ``buffer``, each behind its length.
 
     The twin of the C ``gather_for_stream``.
@@ -57,21 +59,26 @@ def python_gather_for_stream(in_fd: int, buffer: Any, budget: int, max_frame: in
         budget: the most frames read.
         max_frame: the largest frame ``in_fd`` gives: a read always has room for one.
         room: the most bytes the stream's queue takes: frames past it are read and dropped.
+        header: the size of the vnet header in front of each frame read (0: none):
+            it is left out, and a frame whose header asks for work is handed back.
 
     Returns:
-        ``(end, errno, rx, rx_bytes, used, frames, dropped)``: ``end`` as the
-        relay's batches end (0 budget spent or buffer full, 1 would block, 2 end
-        of file, 3 read error with ``errno``); ``used`` bytes of ``buffer`` hold
+        ``(end, errno, rx, rx_bytes, used, frames, dropped, back_at, back_len,
+        back_header)``: ``end`` as the relay's batches end (0 budget spent or
+        buffer full, 1 would block, 2 end of file, 3 read error with ``errno``,
+        5 a frame handed back: its vnet header ``back_header`` and its bytes at
+        ``buffer[back_at:][:back_len]``); ``used`` bytes of ``buffer`` hold
         ``frames`` frames; ``dropped`` frames did not fit ``room``.
     """
     view = memoryview(buffer)
     size = len(view)
-    end = err = rx = rx_bytes = used = frames = dropped = 0
+    end = err = rx = rx_bytes = used = frames = dropped = back_at = back_len = 0
+    vnet = bytearray(header)
     for _ in range(budget):
         if size - used < max_frame + _HLEN:
             break
         try:
-            n = os.readv(in_fd, [view[used + _HLEN :]])
+            n = os.readv(in_fd, [vnet, view[used + _HLEN :]] if header else [view[used + _HLEN :]])
         except BlockingIOError:
             end = 1
             break
@@ -83,13 +90,18 @@ def python_gather_for_stream(in_fd: int, buffer: Any, budget: int, max_frame: in
             break
         rx += 1
         rx_bytes += n
-        if room < used + _HLEN + n:
+        length = max(n - header, 0)
+        if header and (n < header + ETH_HLEN or vnet[0] or vnet[1]):
+            end, back_at, back_len = _HANDBACK, used + _HLEN, length
+            break
+        if room < used + _HLEN + length:
             dropped += 1
             continue
-        view[used : used + _HLEN] = n.to_bytes(_HLEN, "big")
-        used += _HLEN + n
+        view[used : used + _HLEN] = length.to_bytes(_HLEN, "big")
+        used += _HLEN + length
         frames += 1
-    return end, err, rx, rx_bytes, used, frames, dropped
+    back = bytes(vnet) if end == _HANDBACK else b""
+    return end, err, rx, rx_bytes, used, frames, dropped, back_at, back_len, back
 
 
 def python_write_stream_frames(
@@ -154,9 +166,10 @@ def tap_to_stream(src: PolledTap, dst: Any, on_send_error: Callable[..., Any]) -
     """Send every frame read from ``src`` to the stream port ``dst`` in gathered batches.
 
     Args:
-        src: the TAP read.
-        dst: a stream port: ``room()`` (bytes its queue can take) and
-            ``send_gathered(data, frames, nbytes, dropped)``.
+        src: the TAP read; with a vnet header, frames that need work (a
+            super-frame to cut, a checksum to finish) go through ``dst.send``.
+        dst: a stream port: ``room()`` (bytes its queue can take),
+            ``send_gathered(data, frames, nbytes, dropped)`` and ``send(frame)``.
         on_send_error: unused: a stream port handles its own failures (it
             closes, and its reader sees the end).
 
@@ -164,7 +177,7 @@ def tap_to_stream(src: PolledTap, dst: Any, on_send_error: Callable[..., Any]) -
         EndpointClosed: ``src`` was closed (the normal end).
         PeerGone, EndpointIOError: ``src`` failed.
     """
-    gather = gather_for_stream
+    gather, header = gather_for_stream, src.layout.header_size
     size = src.max_frame_size
     buf = bytearray(max(_GATHER, 2 * (size + _HLEN)))
     view = memoryview(buf)
@@ -173,9 +186,14 @@ def tap_to_stream(src: PolledTap, dst: Any, on_send_error: Callable[..., Any]) -
         fd = src_io.holder.fd  # re-read after every yield: it may close meanwhile
         if fd < 0:
             raise EndpointClosed(endpoint=src.name)
-        end, code, rx, rx_bytes, used, frames, dropped = gather(fd, buf, budget, size, dst.room())
+        end, code, rx, rx_bytes, used, frames, dropped, back_at, back_len, back = gather(
+            fd, buf, budget, size, dst.room(), header
+        )
         rx_c.rx_packets += rx
         rx_c.rx_bytes += rx_bytes
         if frames or dropped:
             dst.send_gathered(view[:used], frames, used - _HLEN * frames, dropped)
+        if end == _HANDBACK:
+            dst.send(back + view[back_at : back_at + back_len])  # cut or finished there
+            end = 0  # a yield to the hub, then on with the next batch
         relay.between_batches(src, end, code)

@@ -107,8 +107,7 @@ class StreamClient(Port):
         self._connecting: Any = None  # the write watcher of a connect in progress
         self._last_failure: str | None = None
         self.events: collections.Counter[str] = collections.Counter()
-        # A TAP's relay gathers its frames for us (relay_from); super-frames need cutting.
-        self.sink = None if offload else self
+        self.sink = self  # a TAP's relay gathers its frames for us (relay_from)
 
     @property
     def connected(self) -> bool:

@@ -44,8 +44,9 @@ class SuperStream(StreamConnection):
     """A :class:`~greentap.ports.stream.StreamConnection` whose frames carry a vnet header.
 
     Takes the same arguments.  Its :attr:`header_size` is the vnet header's;
-    the frames it reads are merged super-frames; a TAP's frames reach it
-    through :meth:`send` (the wire's generic loop: they need cutting).
+    the frames it reads are merged super-frames; a TAP's frames reach it in
+    gathered batches, the vnet header left out, but for those that need work
+    (a super-frame to cut, a checksum to finish), which go through :meth:`send`.
     """
 
     header_size = _HDR
@@ -53,7 +54,6 @@ class SuperStream(StreamConnection):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.max_frame_size = _HDR + MAX_FRAME
-        self.sink = None  # no gathered batches: a super-frame needs cutting first
         self._merged: list[bytearray] = []
         self._taken = 0
 

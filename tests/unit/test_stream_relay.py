@@ -54,13 +54,40 @@ def test_gather_reads_frames_behind_their_lengths_and_drops_past_the_room(twins)
         feed.send(frame(i, size))
     buf = bytearray(1 << 16)
     room = 4 + 60 + 4 + 1514 + 50  # the third frame does not fit, the fourth does
-    end, err, rx, rx_bytes, used, frames, dropped = gather(src.fileno(), buf, 50, 1514, room)
+    end, err, rx, rx_bytes, used, frames, dropped, *_ = gather(src.fileno(), buf, 50, 1514, room)
     assert (end, err, rx, rx_bytes) == (1, 0, 4, sum(sizes))
     assert (frames, dropped) == (2, 2)
     assert bytes(buf[:used]) == stream(frame(0, 60), frame(1, 1514))
     feed.close()
     assert gather(src.fileno(), buf, 50, 1514, 1 << 20)[0] == 2  # end of file
     src.close()
+
+
+@pytest.mark.parametrize("twins", TWINS)
+def test_gather_leaves_a_vnet_header_out_and_hands_back_a_frame_that_needs_work(twins):
+    """With a 10-byte vnet header in front of each frame read: an all-zero header is
+    left out; a frame whose header asks for work (segmentation, a checksum) ends the
+    batch (end 5) and is handed back, header and bytes; so is a runt."""
+    gather, _ = twins
+    src, feed = seqpacket()
+    zero, work = bytes(10), bytes([1, 1]) + bytes(8)
+    feed.send(zero + frame(0))
+    feed.send(work + frame(1, 200))
+    feed.send(zero + frame(2))
+    buf = bytearray(1 << 16)
+    end, _, rx, _, used, frames, dropped, at, length, back = gather(
+        src.fileno(), buf, 50, 1524, 1 << 20, 10
+    )
+    assert (end, rx, frames, dropped) == (5, 2, 1, 0)
+    assert bytes(buf[:used]) == stream(frame(0))
+    assert back == work and bytes(buf[at : at + length]) == frame(1, 200)
+    result = gather(src.fileno(), buf, 50, 1524, 1 << 20, 10)
+    assert result[0] == 1 and bytes(buf[: result[4]]) == stream(frame(2))
+    feed.send(zero + b"short")
+    runt = gather(src.fileno(), buf, 50, 1524, 1 << 20, 10)
+    assert runt[0] == 5 and runt[8] == 5 and runt[9] == zero
+    src.close()
+    feed.close()
 
 
 @pytest.mark.parametrize("twins", TWINS)

@@ -108,8 +108,7 @@ def test_a_1gib_length_still_ends_the_connection(pair):
 def test_a_connecting_endpoint_with_offloads_cuts_what_a_tap_sends(tmp_path):
     """unix:PATH opened with offloads (beside a TAP with them) is a switch port whose
     frames carry a vnet header: a TAP's super-frame reaches the peer as segments
-    behind their lengths, never with the vnet header on the wire; and it offers no
-    gathered batches (those would carry the header as it is)."""
+    behind their lengths, never with the vnet header on the wire."""
     from greentap.core.endpoints import parse_endpoint
     from greentap.ports import open_port
 
@@ -119,7 +118,7 @@ def test_a_connecting_endpoint_with_offloads_cuts_what_a_tap_sends(tmp_path):
     server.listen(1)
     server.setblocking(False)
     client = open_port(parse_endpoint(f"unix:{path}"), offload=True)
-    assert client.header_size == 10 and client.sink is None
+    assert client.header_size == 10 and client.sink is client
     reader = gevent.spawn(client.recv_into, bytearray(client.max_frame_size))
     with gevent.Timeout(3):
         while True:
