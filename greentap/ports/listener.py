@@ -62,6 +62,8 @@ class StreamListener(Port):
         accepts: True: the forwarder runs :meth:`accept` rather than reading.
         active: connections open now.
         accepted, refused: connections taken, and refused over ``max``.
+        departures: connections that left, by how (``peer_closed``,
+            ``peer_reset``, ``broken_framing``, ``send_failed``, ``closed``).
 
     Raises:
         EndpointUnavailable: the address is in use, something listens on the
@@ -84,6 +86,9 @@ class StreamListener(Port):
         self.drops: collections.Counter[str] = collections.Counter()
         self.max_frame_size = 0
         self.active = self.accepted = self.refused = 0
+        # Connections that left, by how: peer_closed (end of file or a
+        # half-close), peer_reset, broken_framing, send_failed, closed (by us).
+        self.departures: collections.Counter[str] = collections.Counter()
         self._serial = 0
         self._rate = spec.options.get("rate"), spec.options.get("burst")
         self._refused_since = 0
@@ -199,6 +204,7 @@ class StreamListener(Port):
     def _departed(self, conn: StreamConnection) -> None:
         """A connection closed: its counters become the listener's."""
         self.active -= 1
+        self.departures[conn.ended] += 1
         mine, theirs = self.counters, conn.counters
         for field in DeviceCounters.__slots__:
             setattr(mine, field, getattr(mine, field) + getattr(theirs, field))
@@ -213,6 +219,7 @@ class StreamListener(Port):
             "active": self.active,
             "accepted": self.accepted,
             "refused": self.refused,
+            "departures": dict(self.departures),
         }
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:

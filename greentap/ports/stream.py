@@ -101,6 +101,7 @@ class StreamConnection(Port):
         self.max_frame_size = MAX_FRAME
         self.send_buffer = send_buffer
         self.closed_because: str | None = None
+        self.ended = "closed"  # how, for a listener's count: peer_closed, peer_reset, ...
         self.departed: Any = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Frames are batched here, once per turn of the hub: Nagle would
@@ -177,11 +178,11 @@ class StreamConnection(Port):
             raise
         except OSError as exc:
             if exc.errno in _GONE:
-                self._close(f"the peer is gone: {exc.strerror}")
+                self._close(f"the peer is gone: {exc.strerror}", "peer_reset")
                 raise PeerGone(f"the peer is gone: {exc.strerror}", endpoint=self.name) from exc
             raise io_error(self.name, exc, "read") from exc
         if n == 0:
-            self._close("the peer closed the connection")
+            self._close("the peer closed the connection", "peer_closed")
             raise PeerGone("the peer closed the connection", endpoint=self.name)
         self._end += n
 
@@ -217,7 +218,7 @@ class StreamConnection(Port):
         self.drops["rx_bad_length"] += 1
         self.counters.rx_errors += 1
         why = f"the peer announced a frame of {length} bytes; the largest is {MAX_FRAME}"
-        self._close(why)
+        self._close(why, "broken_framing")
         raise PeerBrokeFraming(why, endpoint=self.name)
 
     def relay_to(
@@ -269,7 +270,7 @@ class StreamConnection(Port):
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._close(f"a send failed: {exc.strerror}")
+            self._close(f"a send failed: {exc.strerror}", "send_failed")
             return
         if sent < len(data):
             pending += data[sent:]
@@ -324,7 +325,7 @@ class StreamConnection(Port):
             sent = 0
         except OSError as exc:
             self._flushing = False
-            self._close(f"a send failed: {exc.strerror}")
+            self._close(f"a send failed: {exc.strerror}", "send_failed")
             return
         del pending[:sent]
         if pending:
@@ -340,9 +341,9 @@ class StreamConnection(Port):
     queued = property(lambda self: len(self._pending), doc="Bytes waiting in the send buffer.")
 
     # --- lifetime -----------------------------------------------------------
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, kind: str) -> None:
         if self.closed_because is None:
-            self.closed_because = why
+            self.closed_because, self.ended = why, kind
         self.close()
 
     def close(self) -> None:

@@ -147,6 +147,7 @@ def test_hostile_peers_are_cut_off_while_a_ping_through_others_loses_nothing(sit
     stats = tf_a.final_stats()
     listener = stats[f"unix:{path}?listen"]
     assert listener["drops"].get("rx_bad_length", 0) >= 1
+    assert listener["departures"]["broken_framing"] == 2
     assert listener["accepted"] == 4
 
 

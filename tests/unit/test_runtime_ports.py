@@ -229,6 +229,7 @@ def test_hostile_peers_are_disconnected_while_the_others_lose_nothing(rig):
     settle(lambda: r.fwd.topology.count == 3)
     reasons = [e["reason"] for e in r.events("endpoint_left")]
     assert any("1073741824 bytes" in why for why in reasons), reasons
+    assert r.listener.departures["broken_framing"] >= 1  # counted by how they left
     for n in range(3000):  # floods: the deaf peer's buffers fill up
         r.peers[0].send(frame(BCAST, A, n, size=1400))
         if n % 20 == 0:
