@@ -350,12 +350,11 @@ class StreamConnection(Port):
         """Close the connection; harmless if already closed.  A reader gets EndpointClosed."""
         if self._io.closed:
             return
-        if self.closed_because is None:
-            self.closed_because = "endpoint was closed"
-        self.drops["tx_unsent_at_close"] += len(self._pending) and 1
+        self.closed_because = self.closed_because or "endpoint was closed"
+        if self._pending:  # what the peer will never get
+            self.drops["tx_unsent_at_close"] += 1
         self._pending.clear()
-        self._writer.stop()
-        self._writer.close()
+        self._writer.close()  # stops it too
         self._io.close(self.closed_because)
         departed, self.departed = self.departed, None
         if departed is not None:
