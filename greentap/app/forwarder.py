@@ -44,7 +44,7 @@ from greentap.app.pumps import admission, mirror_sends, switch, wire
 from greentap.app.service import Service
 from greentap.app.topology import Topology
 from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
-from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
+from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError, UsageError
 from greentap.ports.base import Port
 
 __all__ = ["DEFAULT_KEEP_WARM", "Forwarder"]
@@ -130,6 +130,7 @@ class Forwarder(Service):
 
     # --- lifecycle --------------------------------------------------------
     def _start(self) -> None:
+        self._mode = self.topology.mode  # ports may have been added before the start
         for index, _ in self.topology.data():
             self._spawn_pump(index)
         for listener in self.topology.listeners:
@@ -173,8 +174,14 @@ class Forwarder(Service):
             The port's number.
 
         Raises:
-            UsageError: its header (vnet header) size differs from the others'.
+            UsageError: its header (vnet header) size differs from the others', or
+                it carries no traffic (a listener, a mirror).
         """
+        if not port.readable:
+            raise UsageError(
+                "add_port() takes a port that carries traffic: give listeners and "
+                "mirrors to the Forwarder when it is made", endpoint=port.name,
+            )  # fmt: skip
         index = self.topology.add(port)
         port.notify = functools.partial(self._port_event, port)
         self.log.info("endpoint_joined", ports=self.topology.count, **port.describe())
@@ -292,6 +299,13 @@ class Forwarder(Service):
                     self.remove_port(port, reason=str(exc.reason))
                 return
             self._port_failed(index, exc)
+        except Exception as exc:
+            if not getattr(port, "transient", False):
+                raise
+            # Our bug, not the peer's: it is logged whole, and the port leaves
+            # rather than holding a number and a place under max= for ever.
+            self.log.error("endpoint_crashed", endpoint=port.name, exc_info=True)
+            self.remove_port(port, reason=f"internal error: {type(exc).__name__}")
         finally:
             self._running.discard(gevent.getcurrent())
 

@@ -743,7 +743,7 @@ gather_for_stream(PyObject *self, PyObject *args)
     struct counts c = {0};
     long long frames = 0, dropped = 0;
     int end = END_BUDGET, err = 0;
-    unsigned char *data = buf.buf, vnet[MAX_HEADER];
+    unsigned char *data = buf.buf, vnet[MAX_HEADER] = {0};
     size_t size = (size_t)buf.len, used = 0;
     Py_ssize_t back_at = 0, back_len = 0;
     if (max_frame < 0)

@@ -42,6 +42,7 @@ __all__ = [
     "send_counted",
     "sends_udp",
     "takes",
+    "takes_frames",
     "write_all",
     "write_again",
     "write_failed",
@@ -117,6 +118,13 @@ def takes(sink: Any, mirrors: Any) -> bool:
     if getattr(sink, "relay_from", None) is not None:
         return not mirrors  # a stream port's gathered batches carry no mirrors
     return getattr(sink, "udp_relay", None) is None or (sends_udp() and not mirrors)
+
+
+def takes_frames(sink: Any) -> bool:
+    """Whether ``sink`` takes one frame per ``write`` on its fd (a TAP, a packet
+    socket): not a tunnel's (datagrams to an address) nor a stream port's
+    (frames behind their lengths, with a relay of its own)."""
+    return getattr(sink, "relay_from", None) is None and getattr(sink, "udp_relay", None) is None
 
 
 Mirror = Callable[[Any], Any]

@@ -128,6 +128,7 @@ def python_write_stream_frames(
         raise ValueError(f"bad range {start}:{end} of a buffer of {len(view)}")
     frames: list[Any] = []
     ends: list[int] = []
+    runts_before: list[int] = []  # runts seen before each frame: C counts as it writes
     at, runts, too_long = start, 0, 0
     while end - at >= _HLEN:
         length = int.from_bytes(view[at : at + _HLEN], "big")
@@ -143,11 +144,13 @@ def python_write_stream_frames(
             continue
         frames.append(frame)
         ends.append(at)
+        runts_before.append(runts)
     code, err, written, tx, tx_bytes, dropped, link_down, errors = relay.python_write_frames(
         out_fd, frames, 0
     )
-    if code == _WRITE_ERROR:
+    if code == _WRITE_ERROR:  # C stops there: nothing after that frame is looked at
         frames, at = frames[:written], ends[written - 1]
+        runts, too_long = runts_before[written - 1], 0
     rx, rx_bytes = len(frames), sum(len(f) for f in frames)
     return (code, err, at, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors, runts,
             too_long)  # fmt: skip

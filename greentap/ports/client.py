@@ -13,6 +13,7 @@ import collections
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +23,9 @@ import gevent.event
 from greentap.core.counters import DeviceCounters
 from greentap.core.streamframe import MAX_FRAME
 from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
-from greentap.green import streams
+from greentap.green import relay, streams
 from greentap.ports.base import Port
-from greentap.ports.stream import DEFAULT_SEND_BUFFER, StreamConnection, takes_frames
+from greentap.ports.stream import DEFAULT_SEND_BUFFER, StreamConnection
 from greentap.ports.superstream import SuperStream
 
 __all__ = ["BACKOFF", "StreamClient", "connect_address"]
@@ -32,6 +33,7 @@ __all__ = ["BACKOFF", "StreamClient", "connect_address"]
 #: Reconnection delays (seconds): the first, and the most it doubles to.
 BACKOFF = (0.1, 5.0)
 _CONNECT_TIMEOUT = 10.0
+_STABLE = 1.0  # seconds a connection must last for the next to be tried at once
 
 
 def connect_address(kind: str, target: Any, *, endpoint: str) -> tuple[int, Any]:
@@ -61,11 +63,12 @@ class StreamClient(Port):
     """``unix:PATH`` or ``tcp://HOST:PORT``: connect to a listening peer, and again when it goes.
 
     The first attempt is made when the port is first read (by the forwarder's
-    pump), then after every disconnection, with a delay doubling from 0.1 to
-    5 s while attempts fail.  Each change is reported once through
-    :attr:`notify` (``peer_connected``, ``peer_disconnected``,
-    ``peer_unreachable``) and counted (:meth:`describe`: ``connects``,
-    ``disconnects``, ``connect_failures``).  Frames sent while no
+    pump), then after every disconnection: at once after a connection that
+    lasted, otherwise (attempts failing, or connections dropped at once, as
+    by a listener at its max=) with a delay doubling from 0.1 to 5 s.  Each
+    change is reported once through :attr:`notify` (``peer_connected``,
+    ``peer_disconnected``, ``peer_unreachable``) and counted
+    (:meth:`describe`: ``connects``, ``disconnects``, ``connect_failures``).  Frames sent while no
     connection is up are dropped as for a link that is down
     (``tx_link_down``).
 
@@ -98,7 +101,7 @@ class StreamClient(Port):
         self.family, self.address = connect_address(kind, target, endpoint=name)
         self.counters = DeviceCounters()
         self.drops: collections.Counter[str] = collections.Counter()
-        self.max_frame_size = MAX_FRAME
+        self.max_frame_size = self.header_size + MAX_FRAME
         self.send_buffer = send_buffer
         self._hub = hub if hub is not None else gevent.get_hub()
         self._conn: StreamConnection | None = None
@@ -106,6 +109,7 @@ class StreamClient(Port):
         self._stopping = gevent.event.Event()
         self._connecting: Any = None  # the write watcher of a connect in progress
         self._last_failure: str | None = None
+        self._delay, self._hold, self._since = BACKOFF[0], False, 0.0
         self.events: collections.Counter[str] = collections.Counter()
         self.sink = self  # a TAP's relay gathers its frames for us (relay_from)
 
@@ -137,7 +141,7 @@ class StreamClient(Port):
     ) -> bool:
         """The connection's relay to ``sink`` (:meth:`StreamConnection.relay_to`),
         connecting again whenever the peer goes; False at once with mirrors."""
-        if mirrors or not takes_frames(sink):
+        if mirrors or not relay.takes_frames(sink):
             return False  # the generic loop serves them
         return self._through(lambda conn: conn.relay_to(sink, on_send_error, mirrors))
 
@@ -186,6 +190,10 @@ class StreamClient(Port):
         self._conn = None
         self.events["disconnects"] += 1
         self.notify("peer_disconnected", error=why)
+        if time.monotonic() - self._since < _STABLE:
+            self._hold = True  # it did not last (a peer at its max=): back off first
+        else:
+            self._delay = BACKOFF[0]
 
     def _connect(self) -> StreamConnection:
         """Connect, waiting with backoff until it works.
@@ -193,10 +201,14 @@ class StreamClient(Port):
         Raises:
             EndpointClosed: the port was closed meanwhile.
         """
-        delay = BACKOFF[0]
         while True:
             if self._closed:
                 raise EndpointClosed(endpoint=self.name)
+            if self._hold:
+                if self._stopping.wait(self._delay):
+                    raise EndpointClosed(endpoint=self.name) from None
+                self._delay = min(self._delay * 2, BACKOFF[1])
+            self._hold = True  # a failure below waits before the next attempt
             try:
                 sock = self._attempt()
             except OSError as exc:
@@ -204,11 +216,9 @@ class StreamClient(Port):
                 self.events["connect_failures"] += 1
                 if why != self._last_failure:
                     self._last_failure = why
-                    self.notify("peer_unreachable", error=why, retry_in=delay)
-                if self._stopping.wait(delay):
-                    raise EndpointClosed(endpoint=self.name) from None
-                delay = min(delay * 2, BACKOFF[1])
+                    self.notify("peer_unreachable", error=why, retry_in=self._delay)
                 continue
+            self._hold, self._since = False, time.monotonic()
             self._last_failure = None
             self._conn = self._connection(
                 sock, self.name, kind=self.kind, hub=self._hub, counters=self.counters,
@@ -228,7 +238,9 @@ class StreamClient(Port):
         try:
             sock.setblocking(False)
             code = sock.connect_ex(self.address)
-            if code in (errno.EINPROGRESS, errno.EAGAIN):
+            # EAGAIN on a unix socket is a full listen queue, not a connect in
+            # progress: a failure, retried after the backoff.
+            if code == errno.EINPROGRESS or (code == errno.EAGAIN and self.kind != "unix"):
                 watcher = self._connecting = self._hub.loop.io(sock.fileno(), 2)
                 try:
                     with gevent.Timeout(_CONNECT_TIMEOUT, OSError(errno.ETIMEDOUT, "timed out")):

@@ -123,8 +123,9 @@ class StreamListener(Port):
             self._path, self._file = path, (st.st_dev, st.st_ino)
             if gid is not None:
                 os.chown(path, -1, gid)
-            if "mode" in spec.options:
-                os.chmod(path, spec.options["mode"])
+            if "mode" in spec.options or gid is not None:
+                # group= alone means the group may connect: 0660.
+                os.chmod(path, spec.options.get("mode", 0o660))
             sock.listen(_BACKLOG)
         except OSError as exc:
             sock.close()
@@ -178,13 +179,19 @@ class StreamListener(Port):
                 sock.close()
                 self._refuse()
                 continue
+            try:
+                conn = self._connection(
+                    sock, f"{self.label}#{self._serial + 1}", kind=self._conn_kind,
+                    hub=self._io.hub, peer=_format_peer(peer) if peer else None,
+                )  # fmt: skip
+            except OSError as exc:  # out of memory for its buffer
+                sock.close()
+                raise EndpointUnavailable.from_errno(
+                    exc.errno, "cannot take a connection", endpoint=self.name
+                ) from exc
             self._serial += 1
             self.active += 1
             self.accepted += 1
-            conn = self._connection(
-                sock, f"{self.label}#{self._serial}", kind=self._conn_kind, hub=self._io.hub,
-                peer=_format_peer(peer) if peer else None,
-            )  # fmt: skip
             rate, burst = self._rate
             if rate is not None:
                 conn.policer = TokenBucket(rate, burst)
@@ -209,6 +216,9 @@ class StreamListener(Port):
         for field in DeviceCounters.__slots__:
             setattr(mine, field, getattr(mine, field) + getattr(theirs, field))
         self.drops.update(conn.drops)
+        # What is still counted on it (a send in the same turn of the hub, before
+        # the forwarder takes it out) lands here too.
+        conn.counters, conn.drops = mine, self.drops
 
     def describe(self) -> dict[str, Any]:
         """Return a dict describing the listener for logs."""

@@ -183,8 +183,8 @@ class PacketPort(Port):
         """
         if relay.ring_batch is None or not self.offload or mirrors:
             return False
-        if getattr(sink, "udp_relay", None) is not None:
-            return False  # a tunnel's sink takes datagrams with an address: not a write()
+        if not relay.takes_frames(sink):
+            return False  # a tunnel's or a stream's sink: not a frame per write()
         _relay_ring(self, sink, on_send_error)
         return True  # pragma: no cover - it ends by raising
 

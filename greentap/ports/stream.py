@@ -49,7 +49,7 @@ from greentap.green import relay, streams
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.ports.base import Port
 
-__all__ = ["DEFAULT_SEND_BUFFER", "StreamConnection", "takes_frames"]
+__all__ = ["DEFAULT_SEND_BUFFER", "StreamConnection"]
 
 #: Bytes a connection queues beyond what its socket holds before it drops frames.
 DEFAULT_SEND_BUFFER = 1 << 20
@@ -168,7 +168,7 @@ class StreamConnection(Port):
         if start:
             # Move the partial frame to the front: the read below always has
             # room for a whole frame of the largest size after it.
-            buf[: end - start] = self._rview[start:end]
+            buf.move(0, start, end - start)  # memmove: the two may overlap
             self._start, self._end = 0, end - start
         try:
             n = self._io.read(_recv_into, self._rview[self._end :])
@@ -231,7 +231,7 @@ class StreamConnection(Port):
             per write (another stream, a tunnel): the generic loop serves them.
             Otherwise it returns only by raising, as :meth:`recv_into` does.
         """
-        if mirrors or not takes_frames(sink):
+        if mirrors or not relay.takes_frames(sink):
             return False
         _stream_to_sink(self, sink, on_send_error)
         return True  # pragma: no cover - it only ends by raising
@@ -340,7 +340,6 @@ class StreamConnection(Port):
 
     queued = property(lambda self: len(self._pending), doc="Bytes waiting in the send buffer.")
 
-    # --- lifetime -----------------------------------------------------------
     def _close(self, why: str, kind: str) -> None:
         if self.closed_because is None:
             self.closed_because, self.ended = why, kind
@@ -354,6 +353,7 @@ class StreamConnection(Port):
         if self._pending:  # what the peer will never get
             self.drops["tx_unsent_at_close"] += 1
         self._pending.clear()
+        self._frames, self._next = [], 0  # a closed port hands out nothing more
         self._writer.close()  # stops it too
         self._io.close(self.closed_because)
         departed, self.departed = self.departed, None
@@ -390,8 +390,3 @@ def _stream_to_sink(conn: StreamConnection, sink: Any, on_send_error: Callable[.
             if too_long:
                 conn._break(too_long)
         conn._read_more()
-
-
-def takes_frames(sink: Any) -> bool:
-    """Whether ``sink`` takes one frame per write (a TAP, a packet socket)."""
-    return getattr(sink, "relay_from", None) is None and getattr(sink, "udp_relay", None) is None

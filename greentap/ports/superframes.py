@@ -281,13 +281,14 @@ class SuperFrames(SuperFrameSends):
         (``write_frames``; its Python twin without the extension).
 
         Returns:
-            False at once without offloads or with mirrors (the generic loop
-            serves those); otherwise it returns only by raising.
+            False at once without offloads, with mirrors or for a sink that does
+            not take a frame per write (the generic loop serves those);
+            otherwise it returns only by raising.
 
         Raises:
             EndpointClosed: this port was closed.
         """
-        if not self.offload or mirrors:
+        if not self.offload or mirrors or not relay.takes_frames(sink):
             return False
         pending, budget = self._pending, self._io.budget
         written = 0

@@ -31,7 +31,7 @@ from greentap.core.segment import SegmentError, cut, finished
 from greentap.core.streamframe import HEADER_SIZE, MAX_FRAME
 from greentap.errors import GreentapError
 from greentap.green import relay
-from greentap.ports.stream import StreamConnection, takes_frames
+from greentap.ports.stream import StreamConnection
 
 __all__ = ["SuperStream"]
 
@@ -97,6 +97,11 @@ class SuperStream(StreamConnection):
         self._soon()
         return True
 
+    def close(self) -> None:
+        """As :meth:`StreamConnection.close`; merged frames not handed out yet go too."""
+        self._merged, self._taken = [], 0
+        super().close()
+
     def _refuse(self, reason: str) -> bool:
         self.drops[reason] += 1
         self.counters.tx_errors += 1
@@ -143,7 +148,7 @@ class SuperStream(StreamConnection):
             False at once with mirrors or for a sink that does not take a frame
             per write; otherwise it returns only by raising.
         """
-        if mirrors or not takes_frames(sink):
+        if mirrors or not relay.takes_frames(sink):
             return False
         io = self._io
         while True:

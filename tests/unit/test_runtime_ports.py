@@ -295,3 +295,34 @@ def test_connect_and_disconnect_cycles_leak_no_fds(rig):
         settle(lambda: r.fwd.topology.count == 2)
     assert len(open_fds()) == before
     assert r.listener.accepted == 301
+
+
+def test_ports_added_before_the_start_make_the_mode_it_starts_in(tmp_path):
+    """A forwarder of a listener given two ports before it starts runs as a wire; a
+    third that joins later makes it a switch, and the newcomer gets the others'
+    broadcasts; a listener or a mirror given to add_port() is refused."""
+    from greentap.errors import UsageError
+
+    path = str(tmp_path / "pre.sock")
+    listener = open_port(parse_endpoint(f"unix:{path}?listen"))
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    peers = [b for _, b in pairs]
+    for p in peers:
+        p.setblocking(False)
+    fwd = Forwarder([listener], keep_warm=None)
+    for i, (a, _) in enumerate(pairs):
+        fwd.add_port(FramePort(Tap._adopt(a.detach(), f"q{i}").polled()))
+    with pytest.raises(UsageError, match="carries traffic"):
+        fwd.add_port(listener)
+    fwd.start()
+    try:
+        assert fwd.mode == "wire"
+        vm = Vm(path)
+        settle(lambda: fwd.mode == "switch")
+        peers[0].send(frame(BCAST, A, 9))
+        settle(lambda: frame(BCAST, A, 9) in vm.frames_seen())
+        vm.close()
+    finally:
+        fwd.stop()
+        for p in peers:
+            p.close()

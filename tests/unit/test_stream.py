@@ -323,3 +323,47 @@ def test_a_tcp_listener_on_port_0_says_where_it_listens():
     conn.close()
     listener.close()
     client.close()
+
+
+def test_a_client_backs_off_from_a_peer_that_drops_it_at_once(sock_path):
+    """A peer that accepts and closes at once (a listener at its max=) is not hammered:
+    the client waits, the delay doubling, so a second brings only a handful of
+    attempts, and each drop is counted."""
+    server = listening(sock_path)
+    client = StreamClient("c", kind="unix", target=sock_path)
+    reader = gevent.spawn(client.recv_into, bytearray(client.max_frame_size))
+
+    def drop_all():
+        while True:
+            try:
+                server.accept()[0].close()
+            except BlockingIOError:
+                gevent.sleep(0.005)
+
+    dropper = gevent.spawn(drop_all)
+    gevent.sleep(1.0)  # the load bound: how many attempts one second brings
+    attempts = client.events["connects"]
+    assert 2 <= attempts <= 6, attempts
+    assert client.events["disconnects"] >= attempts - 1
+    for g in (reader, dropper):
+        g.kill()
+    client.close()
+    server.close()
+
+
+def test_a_client_with_offloads_takes_the_largest_frame_whole(sock_path):
+    """With offloads a client's frames carry a vnet header: its buffer size says so,
+    and the largest frame QEMU may send arrives whole behind a zero header."""
+    server = listening(sock_path)
+    client = open_port(parse_endpoint(f"unix:{sock_path}"), offload=True)
+    assert client.max_frame_size == 10 + sf.MAX_FRAME
+    buf = bytearray(client.max_frame_size)
+    reader = gevent.spawn(client.recv_into, buf)
+    peer = accept(server)
+    big = frame(1, sf.MAX_FRAME)
+    peer.sendall(stream(big))
+    assert reader.get(timeout=3) == 10 + sf.MAX_FRAME
+    assert bytes(buf[:10]) == bytes(10) and bytes(buf[10 : 10 + sf.MAX_FRAME]) == big
+    client.close()
+    peer.close()
+    server.close()

@@ -118,9 +118,10 @@ def test_a_failed_write_ends_the_batch_after_that_frame(twins):
     _, write = twins
     out, peer = seqpacket()
     peer.close()
-    data = stream(frame(1), frame(2))
-    end, err, at, *_ = write(out.fileno(), data, 0, len(data), sf.MAX_FRAME)
+    data = stream(frame(1), frame(2), b"runt") + struct.pack("!I", 1 << 30)
+    end, err, at, *_, runts, too_long = write(out.fileno(), data, 0, len(data), sf.MAX_FRAME)
     assert end == 4 and err != 0 and at == 64
+    assert (runts, too_long) == (0, 0)  # nothing after the failed frame was looked at
     out.close()
 
 

@@ -1,6 +1,7 @@
 """Stream connections beside TAPs with offloads (SuperStream): super-frames leave as
 their segments, each behind its length; what arrives is merged again (no root)."""
 
+import contextlib
 import socket
 import struct
 
@@ -142,3 +143,59 @@ def test_a_connecting_endpoint_with_offloads_cuts_what_a_tap_sends(tmp_path):
     client.close()
     peer.close()
     server.close()
+
+
+def test_a_tunnel_with_offloads_wired_to_a_stream_forwards_both_ways(tmp_path):
+    """udp:// with offloads wired to unix: with offloads: a tunnel's own batch relay
+    does not take a stream's sink (no frame per write there), so frames cross both
+    ways through the generic loop and both pumps keep running."""
+    from greentap.app.forwarder import Forwarder
+    from greentap.core.endpoints import parse_endpoint
+    from greentap.ports import open_port
+
+    path = str(tmp_path / "t.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    server.setblocking(False)
+    remote = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    remote.bind(("127.0.0.1", 0))
+    remote.setblocking(False)
+    udp = open_port(parse_endpoint(f"udp://127.0.0.1:{remote.getsockname()[1]}?local=127.0.0.1:0"),
+                    offload=True)  # fmt: skip
+    client = open_port(parse_endpoint(f"unix:{path}"), offload=True)
+    fwd = Forwarder([udp, client], keep_warm=None)
+    fwd.start()
+    try:
+        with gevent.Timeout(3):
+            while True:
+                try:
+                    peer, _ = server.accept()
+                    break
+                except BlockingIOError:
+                    gevent.sleep(0.005)
+        peer.setblocking(False)
+        arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
+        remote.sendto(arp, udp.local)
+        got = bytearray()
+
+        def arrived():
+            with contextlib.suppress(BlockingIOError):
+                got.extend(peer.recv(4096))
+            return bytes(got) == sf.frame_header(len(arp)) + arp
+
+        settle(arrived)
+        peer.send(sf.frame_header(len(arp)) + arp)
+
+        def back():
+            try:
+                return remote.recv(4096) == arp
+            except BlockingIOError:
+                return False
+
+        settle(back)
+        assert all(not g.dead for g in fwd._pumps.values())
+    finally:
+        fwd.stop()
+        server.close()
+        remote.close()
