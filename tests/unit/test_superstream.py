@@ -14,6 +14,7 @@ from greentap.core.coalesce import PLAIN_HEADER
 from greentap.ports.superstream import SuperStream
 from tests.conftest import settle
 from tests.unit.test_segment import super_frame
+from tests.unit.test_stream import accept
 from tests.unit.test_tunnel_offload import PAYLOAD, VNET, cut, read_until
 
 
@@ -121,13 +122,7 @@ def test_a_connecting_endpoint_with_offloads_cuts_what_a_tap_sends(tmp_path):
     client = open_port(parse_endpoint(f"unix:{path}"), offload=True)
     assert client.header_size == 10 and client.sink is client
     reader = gevent.spawn(client.recv_into, bytearray(client.max_frame_size))
-    with gevent.Timeout(3):
-        while True:
-            try:
-                peer, _ = server.accept()
-                break
-            except BlockingIOError:
-                gevent.sleep(0.005)
+    peer = accept(server)
     settle(lambda: client.connected)
     frame, _ = super_frame(PAYLOAD[:5600], 1400, flags=0x10)
     assert client.send(frame) is True
@@ -167,13 +162,7 @@ def test_a_tunnel_with_offloads_wired_to_a_stream_forwards_both_ways(tmp_path):
     fwd = Forwarder([udp, client], keep_warm=None)
     fwd.start()
     try:
-        with gevent.Timeout(3):
-            while True:
-                try:
-                    peer, _ = server.accept()
-                    break
-                except BlockingIOError:
-                    gevent.sleep(0.005)
+        peer = accept(server)
         peer.setblocking(False)
         arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
         remote.sendto(arp, udp.local)
