@@ -264,9 +264,9 @@ def case_tap_forward_udp(topo, *args):
     underlay(topo, s1, s2, "198.18.7.1", "198.18.7.2")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
     topo.tap_forward(s1, *args, f"tap:{da}?netns={a}",
-                     "udp://198.18.7.2:5000?local=198.18.7.1:5000")  # fmt: skip
+                     "udp://198.18.7.2:5000?local=198.18.7.1:5000", mtu=1450)  # fmt: skip
     topo.tap_forward(s2, *args, f"tap:{db}?netns={b}",
-                     "udp://198.18.7.1:5000?local=198.18.7.2:5000")  # fmt: skip
+                     "udp://198.18.7.1:5000?local=198.18.7.2:5000", mtu=1450)  # fmt: skip
     wait_for_link(a, da)
     wait_for_link(b, db)
     return a, da, b, db, None

@@ -272,14 +272,34 @@ static PyObject *
 segment(PyObject *self, PyObject *args)
 {
     Py_buffer frame, prefix;
-    if (!PyArg_ParseTuple(args, "y*y*", &frame, &prefix))
+    int lengths = 0;
+    if (!PyArg_ParseTuple(args, "y*y*|p", &frame, &prefix, &lengths))
         return NULL;
+    if (lengths && prefix.len != 4) {
+        PyBuffer_Release(&frame);
+        PyBuffer_Release(&prefix);
+        PyErr_SetString(PyExc_ValueError, "lengths: the prefix must be 4 bytes");
+        return NULL;
+    }
     Py_ssize_t each = 0;
     PyObject *out = segment_frames(frame.buf, frame.len, prefix.buf, prefix.len, &each);
     PyBuffer_Release(&frame);
     PyBuffer_Release(&prefix);
     if (out == NULL)
         return NULL;
+    if (lengths && each > 4) {
+        /* QEMU's stream framing: each segment behind its 4-byte big-endian length.
+         * The bytes object is new and not shared yet: it may be filled in place. */
+        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+        Py_ssize_t total = PyBytes_GET_SIZE(out);
+        for (Py_ssize_t at = 0; at < total; at += each) {
+            Py_ssize_t n = (total - at < each ? total - at : each) - 4;
+            d[at] = (unsigned char)(n >> 24);
+            d[at + 1] = (unsigned char)(n >> 16);
+            d[at + 2] = (unsigned char)(n >> 8);
+            d[at + 3] = (unsigned char)n;
+        }
+    }
     return Py_BuildValue("(Nn)", out, each);
 }
 
@@ -722,9 +742,10 @@ static PyMethodDef methods[] = {
      "checksum(data) -> int\n\nThe 16-bit ones' complement sum of data (RFC 1071), folded, "
      "not inverted: greentap.core.checksum.ones_complement_sum."},
     {"segment", segment, METH_VARARGS,
-     "segment(frame, prefix) -> (bytes, each)\n\nThe segments of a super-frame (a vnet header "
-     "first) as greentap.core.segment.segment cuts them, each behind prefix, joined; each: "
-     "the length of the first (prefix included), which every other one has but the last."},
+     "segment(frame, prefix, lengths=False) -> (bytes, each)\n\nThe segments of a super-frame "
+     "(a vnet header first) as greentap.core.segment.segment cuts them, each behind prefix, "
+     "joined; each: the length of the first (prefix included), which every other one has but "
+     "the last. lengths: the 4-byte prefix is each segment's length, big-endian."},
     {"coalesce", coalesce, METH_O,
      "coalesce(frames) -> list[bytearray]\n\ngreentap.core.coalesce.coalesce: TCP segments "
      "of one flow merged into super-frames, every frame behind a vnet header."},

@@ -119,6 +119,10 @@ UDP_GRO = 104  # setsockopt: receive coalesced datagrams; cmsg: their size
 # The kernel takes up to 64 segments per UDP_SEGMENT send (128 on newer ones).
 UDP_MAX_SEGMENTS = 64
 
+# --- asm-generic/socket.h (x86, arm64, riscv; not alpha, mips, parisc, sparc) --
+SO_SNDBUFFORCE = 32  # SO_SNDBUF beyond net.core.wmem_max, with CAP_NET_ADMIN
+SO_RCVBUFFORCE = 33
+
 # --- linux/sched.h -------------------------------------------------------
 CLONE_NEWNET = 0x40000000
 

@@ -191,7 +191,9 @@ def finished(frame: bytes | bytearray | memoryview) -> list[bytearray]:
     return [out]
 
 
-def python_cut(frame: bytes | bytearray | memoryview, prefix: bytes) -> tuple[bytes, int]:
+def python_cut(
+    frame: bytes | bytearray | memoryview, prefix: bytes, lengths: bool = False
+) -> tuple[bytes, int]:
     """The segments of a super-frame, each behind ``prefix``, joined into one buffer.
 
     What a UDP GSO send takes: datagrams of one size (``each``) but the last.
@@ -199,15 +201,24 @@ def python_cut(frame: bytes | bytearray | memoryview, prefix: bytes) -> tuple[by
     Args:
         frame: a 10-byte virtio-net header, then the Ethernet frame.
         prefix: what goes before each segment (a VXLAN header, or nothing).
+        lengths: ``prefix`` is 4 bytes standing for each segment's length,
+            big-endian: QEMU's stream framing.
 
     Returns:
         ``(buffer, each)``: ``each`` is the first datagram's length.
 
     Raises:
         SegmentError: as :func:`segment`.
+        ValueError: ``lengths`` with a prefix that is not 4 bytes.
     """
+    if lengths and len(prefix) != 4:
+        raise ValueError("lengths: the prefix must be 4 bytes")
     pieces = segment(frame)
-    return b"".join(prefix + piece for piece in pieces), len(prefix) + len(pieces[0])
+    if lengths:
+        joined = b"".join(len(piece).to_bytes(4, "big") + piece for piece in pieces)
+    else:
+        joined = b"".join(prefix + piece for piece in pieces)
+    return joined, len(prefix) + len(pieces[0])
 
 
 # The C twin where it was built (greentap/core/_offload.c); the same results.

@@ -20,7 +20,6 @@ move forty-odd frames, one system call each.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,8 +35,7 @@ from greentap.ports.stream import StreamConnection
 __all__ = ["SuperStream"]
 
 _HDR = kc.VIRTIO_NET_HDR_SIZE
-_NO_LENGTH = bytes(HEADER_SIZE)  # in front of each segment cut, filled in once queued
-_pack_length = struct.Struct("!I").pack_into
+_NO_LENGTH = bytes(HEADER_SIZE)  # stands for each segment's length (cut() fills it in)
 
 
 class SuperStream(StreamConnection):
@@ -75,26 +73,15 @@ class SuperStream(StreamConnection):
                 return self._refuse("tx_bad_vnet_header")
             return super().send(plain)
         try:
-            joined, each = cut(frame, _NO_LENGTH)
+            joined, each = cut(frame, _NO_LENGTH, True)  # each segment behind its length
         except SegmentError:
             return self._refuse("tx_bad_super_frame")
-        counters, pending = self.counters, self._pending
-        if self.closed:
-            counters.tx_errors += 1
-            return False
-        if len(pending) + len(joined) > self.send_buffer:
-            self.drops["tx_backpressure"] += 1
-            counters.tx_dropped += 1
-            return False
-        start = len(pending)
-        pending += joined
-        end = len(pending)
-        for at in range(start, end, each):
-            _pack_length(pending, at, min(each, end - at) - HEADER_SIZE)
         count = -(-len(joined) // each)
-        counters.tx_packets += count
-        counters.tx_bytes += len(joined) - HEADER_SIZE * count
-        self._soon()
+        if len(self._pending) + len(joined) > self.send_buffer:
+            self.drops["tx_backpressure"] += 1
+            self.counters.tx_dropped += 1
+            return False
+        self.send_gathered(memoryview(joined), count, len(joined) - HEADER_SIZE * count, 0)
         return True
 
     def close(self) -> None:

@@ -85,6 +85,21 @@ def test_cutting_agrees(frame, prefix, seed, flips):
 
 
 @TWIN
+@given(frame=frames, seed=st.integers(0, 1 << 32), flips=st.integers(0, 6))
+def test_cutting_behind_lengths_agrees(frame, seed, flips):
+    """The stream framing's cut (each segment behind its 4-byte length): both twins
+    refuse the same super-frames or give the same bytes, and each length is the
+    segment's own."""
+    frame = damaged(frame, seed, flips) if flips else frame
+    c = c_result(C.segment, frame, bytes(4), True)
+    assert c == python_result(seg.python_cut, frame, bytes(4), True)
+    if c != "refused":
+        joined, each = c
+        for at in range(0, len(joined), each):
+            assert int.from_bytes(joined[at : at + 4], "big") == min(each, len(joined) - at) - 4
+
+
+@TWIN
 @given(
     flows=st.lists(
         st.tuples(st.integers(0, 6000), st.integers(200, 1460), st.booleans(),
