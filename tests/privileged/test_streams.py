@@ -191,7 +191,7 @@ def _command():
     return [sys.executable, SCRIPT]
 
 
-def test_a_thousand_connections_leave_no_fd_or_memory_behind():
+def test_a_thousand_connections_leave_no_fd_or_memory_behind(tmp_path):
     """benchmarks/cycles.py: 1,000 peers connecting, sending a frame and leaving, one
     after another (after 2,000 more as a warm-up): the forwarder holds the same fds
     afterwards, its RSS grows by less than 5%, and it exits 0.  Its report is printed."""
@@ -201,10 +201,11 @@ def test_a_thousand_connections_leave_no_fd_or_memory_behind():
     from tests.privileged.conftest import python_env
     from tests.privileged.topology import ROOT
 
-    script = os.path.join(ROOT, "benchmarks", "cycles.py")
-    proc = subprocess.run([sys.executable, script, "--json", "/dev/stdout"], capture_output=True,
+    script, out = os.path.join(ROOT, "benchmarks", "cycles.py"), tmp_path / "cycles.json"
+    proc = subprocess.run([sys.executable, script, "--json", str(out)], capture_output=True,
                           text=True, timeout=180, env=python_env())  # fmt: skip
-    print(proc.stdout[: proc.stdout.find("{")])
-    report = json.loads(proc.stdout[proc.stdout.find("{") :])
+    print(proc.stdout)
+    assert out.exists(), proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
     assert [c["check"] for c in report["checks"] if not c["passed"]] == [], report
     assert proc.returncode == 0 and report["cycles"] == 1000
