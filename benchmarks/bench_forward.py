@@ -215,18 +215,23 @@ def case_kernel_vxlan_tap_forward(topo):
     return a, "vxa", b, db, 1450
 
 
-def case_tap_forward_vxlan(topo, *args):
-    """TAP in A <-> tap-forward in S1 <-> VXLAN <-> tap-forward in S2 <-> TAP in B."""
+def two_sites(topo, args, there, back):
+    """TAP in A <-> tap-forward in S1 <-> a tunnel over a veth underlay <-> tap-forward in
+    S2 <-> TAP in B: ``there`` and ``back`` are S1's and S2's tunnel endpoints."""
     a, s1, s2, b = topo.ns("a"), topo.ns("s1"), topo.ns("s2"), topo.ns("b")
     underlay(topo, s1, s2, "198.18.7.1", "198.18.7.2")
     da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(s1, *args, f"tap:{da}?netns={a}",
-                     "vxlan://198.18.7.2?vni=42&local=198.18.7.1:4789", mtu=1450)  # fmt: skip
-    topo.tap_forward(s2, *args, f"tap:{db}?netns={b}",
-                     "vxlan://198.18.7.1?vni=42&local=198.18.7.2:4789", mtu=1450)  # fmt: skip
+    topo.tap_forward(s1, *args, f"tap:{da}?netns={a}", there, mtu=1450)
+    topo.tap_forward(s2, *args, f"tap:{db}?netns={b}", back, mtu=1450)
     wait_for_link(a, da)
     wait_for_link(b, db)
     return a, da, b, db, 1450
+
+
+def case_tap_forward_vxlan(topo, *args):
+    """Two sites joined by VXLAN."""
+    return two_sites(topo, args, "vxlan://198.18.7.2?vni=42&local=198.18.7.1:4789",
+                     "vxlan://198.18.7.1?vni=42&local=198.18.7.2:4789")  # fmt: skip
 
 
 def case_tap_forward_packet(topo, *args, env=None, reverse=False):
@@ -259,17 +264,9 @@ def case_tap_forward_unix(topo, *args):
 
 
 def case_tap_forward_udp(topo, *args):
-    """The same two sites joined by udp:// (QEMU's dgram framing) over a veth underlay."""
-    a, s1, s2, b = topo.ns("a"), topo.ns("s1"), topo.ns("s2"), topo.ns("b")
-    underlay(topo, s1, s2, "198.18.7.1", "198.18.7.2")
-    da, db = f"t{topo.tag}a", f"t{topo.tag}b"
-    topo.tap_forward(s1, *args, f"tap:{da}?netns={a}",
-                     "udp://198.18.7.2:5000?local=198.18.7.1:5000", mtu=1450)  # fmt: skip
-    topo.tap_forward(s2, *args, f"tap:{db}?netns={b}",
-                     "udp://198.18.7.1:5000?local=198.18.7.2:5000", mtu=1450)  # fmt: skip
-    wait_for_link(a, da)
-    wait_for_link(b, db)
-    return a, da, b, db, None
+    """The same two sites joined by udp:// (QEMU's dgram framing)."""
+    return two_sites(topo, args, "udp://198.18.7.2:5000?local=198.18.7.1:5000",
+                     "udp://198.18.7.1:5000?local=198.18.7.2:5000")  # fmt: skip
 
 
 # name -> (build the topology, the flows trafgen offers)

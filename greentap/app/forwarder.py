@@ -289,16 +289,12 @@ class Forwarder(Service):
                     self._forward(index, port, admit, mirrors)
                 except _Rewire:
                     continue  # thrown only where the pump waits: no frame in hand
-        except EndpointClosed as exc:
-            if getattr(port, "transient", False) and not self._stopped:
-                self.remove_port(port, reason=exc.reason)
-            return  # stop() or a failure closed the port
-        except GreentapError as exc:
+        except GreentapError as exc:  # EndpointClosed too
             if getattr(port, "transient", False):
-                if not self._stopped:
-                    self.remove_port(port, reason=str(exc.reason))
-                return
-            self._port_failed(index, exc)
+                if not self._stopped:  # a connection leaves, whatever ended it
+                    self.remove_port(port, reason=exc.reason)
+            elif not isinstance(exc, EndpointClosed):  # closed: stop() or a failure
+                self._port_failed(index, exc)
         except Exception as exc:
             if not getattr(port, "transient", False):
                 raise

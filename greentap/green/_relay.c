@@ -83,6 +83,18 @@ tally(int verdict, long long n, long long *tx, long long *tx_bytes, long long *d
     return 0;
 }
 
+/* One write() of a frame, repeated while its verdict is RETRY: -1 once written,
+ * else the verdict (errno is the write's). */
+static int
+write_classified(int fd, const void *data, size_t n)
+{
+    int verdict;
+    do {
+        verdict = write(fd, data, n) >= 0 ? -1 : verdict_of(errno);
+    } while (verdict == V_RETRY);
+    return verdict;
+}
+
 static PyObject *
 set_verdicts(PyObject *self, PyObject *arg)
 {
@@ -157,10 +169,7 @@ relay_batch(PyObject *self, PyObject *args)
             errors++;
             continue;
         }
-        int verdict;
-        do {
-            verdict = write(out_fd, data, (size_t)n) >= 0 ? -1 : verdict_of(errno);
-        } while (verdict == V_RETRY);
+        int verdict = write_classified(out_fd, data, (size_t)n);
         if (tally(verdict, n, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
             end = END_WRITE_ERROR;
             err = errno;
@@ -608,10 +617,7 @@ write_frames(PyObject *self, PyObject *args)
             PyBuffer_Release(&b);
             continue;
         }
-        int verdict;
-        do {
-            verdict = write(out_fd, b.buf, (size_t)b.len) >= 0 ? -1 : verdict_of(errno);
-        } while (verdict == V_RETRY);
+        int verdict = write_classified(out_fd, b.buf, (size_t)b.len);
         Py_ssize_t n = b.len;
         PyBuffer_Release(&b);
         if (tally(verdict, n, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
@@ -843,10 +849,7 @@ write_stream_frames(PyObject *self, PyObject *args)
             errors++;
             continue;
         }
-        int verdict;
-        do {
-            verdict = write(out_fd, frame, length) >= 0 ? -1 : verdict_of(errno);
-        } while (verdict == V_RETRY);
+        int verdict = write_classified(out_fd, frame, length);
         if (tally(verdict, (long long)length, &tx, &tx_bytes, &dropped, &link_down, &errors)) {
             end = END_WRITE_ERROR;
             err = errno;

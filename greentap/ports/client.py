@@ -22,9 +22,10 @@ import gevent.event
 
 from greentap.core.counters import DeviceCounters
 from greentap.core.streamframe import MAX_FRAME
-from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
+from greentap.errors import EndpointClosed, GreentapError
 from greentap.green import relay, streams
 from greentap.ports.base import Port
+from greentap.ports.datagram import resolve
 from greentap.ports.stream import DEFAULT_SEND_BUFFER, StreamConnection
 from greentap.ports.superstream import SuperStream
 
@@ -50,13 +51,7 @@ def connect_address(kind: str, target: Any, *, endpoint: str) -> tuple[int, Any]
     if kind == "unix":
         return socket.AF_UNIX, target
     host, port = target
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise EndpointUnavailable(f"cannot resolve {host!r}: {why}", endpoint=endpoint) from exc
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[:2]
+    return resolve(host, port, endpoint=endpoint, socktype=socket.SOCK_STREAM)
 
 
 class StreamClient(Port):

@@ -60,14 +60,16 @@ _RECVERR = {(socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVER
 _recvmsg_into = _socket.socket.recvmsg_into
 
 
-def resolve(host: str, port: int, *, endpoint: str | None = None) -> tuple[int, Address]:
-    """Resolve ``host`` to a ``(family, (address, port))`` for UDP.
+def resolve(
+    host: str, port: int, *, endpoint: str | None = None, socktype: int = socket.SOCK_DGRAM
+) -> tuple[int, Address]:
+    """Resolve ``host`` to a ``(family, (address, port))`` for UDP (or ``socktype``).
 
     Raises:
         EndpointUnavailable: the name does not resolve.
     """
     try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, port, 0, socktype)
     except socket.gaierror as exc:
         raise EndpointUnavailable(
             f"cannot resolve {host!r}: {exc.strerror}", endpoint=endpoint

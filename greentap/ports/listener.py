@@ -38,6 +38,7 @@ from greentap.errors import EndpointClosed, EndpointUnavailable, UsageError
 from greentap.green.fdio import GreenFd
 from greentap.ports.base import Port
 from greentap.ports.client import StreamClient, connect_address
+from greentap.ports.datagram import format_addr
 from greentap.ports.registry import OpenOptions, register
 from greentap.ports.stream import StreamConnection
 from greentap.ports.superstream import SuperStream
@@ -100,8 +101,7 @@ class StreamListener(Port):
             self.label = f"unix:{spec.name}"
         else:
             sock = self._bind_tcp(spec)
-            host, port = sock.getsockname()[:2]
-            self.label = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+            self.label = f"tcp://{format_addr(sock.getsockname())}"
         self.address = sock.getsockname()
         self._io = GreenFd(FdHolder(sock, name=self.name), hub=hub)
 
@@ -144,13 +144,8 @@ class StreamListener(Port):
             sock.listen(_BACKLOG)
         except OSError as exc:
             sock.close()
-            where = (
-                "[{}]:{}".format(*address)
-                if family == socket.AF_INET6
-                else "{}:{}".format(*address)
-            )
             raise EndpointUnavailable.from_errno(
-                exc.errno, f"cannot listen on {where}", endpoint=spec.text
+                exc.errno, f"cannot listen on {format_addr(address)}", endpoint=spec.text
             ) from exc
         return sock
 
@@ -298,10 +293,7 @@ def _group_id(group: str, endpoint: str) -> int:
 
 
 def _format_peer(peer: Any) -> str | None:
-    if isinstance(peer, tuple):
-        host, port = peer[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return peer or None
+    return format_addr(peer) if isinstance(peer, tuple) else peer or None
 
 
 @register("unix", "tcp")
