@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from greentap._version import __version__
 from greentap.errors import (
+    ConfigError,
     EndpointClosed,
     EndpointIOError,
     EndpointSyntaxError,
@@ -116,6 +117,7 @@ __all__ = [
     "TUN_F_UFO",
     "TUN_F_USO4",
     "TUN_F_USO6",
+    "ConfigError",
     "DeviceCounters",
     "EndpointClosed",
     "EndpointIOError",

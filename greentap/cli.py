@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -18,6 +19,7 @@ import structlog
 
 from greentap._version import __version__
 from greentap.app import startup
+from greentap.app.control import ask, request_for
 from greentap.app.demo import run_demo
 from greentap.app.exits import (
     EXIT_INTERNAL,
@@ -28,8 +30,8 @@ from greentap.app.exits import (
     one_line,
 )
 from greentap.app.logs import PROG, configure_logging, quiet
-from greentap.core.endpoints import SYNTAX, parse_hostport
-from greentap.core.numbers import parse_decimal, parse_int
+from greentap.app.settings import SETTINGS
+from greentap.core.endpoints import SYNTAX
 from greentap.errors import GreentapError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -90,17 +92,38 @@ examples:
   {PROG} --mtu 1450 tap0 'vxlan://192.0.2.7?vni=42'      a TAP into a VXLAN segment
   {PROG} tap0 'udp://127.0.0.1:5555?local=127.0.0.1:5556' a QEMU guest's dgram netdev
   {PROG} tap0 'unix:/run/vms.sock?listen'   a switch QEMU guests join and leave:
-      qemu-system-x86_64 ... -netdev stream,id=n0,server=off,addr.type=unix,\
+      qemu-system-x86_64 ... -netdev stream,id=n0,server=off,addr.type=unix,\\
           addr.path=/run/vms.sock -device virtio-net-pci,netdev=n0
   {PROG} tap0 tap1 pcap:- | tcpdump -n -r -    watch the traffic live
   {PROG} --metrics 9100 tap0 tap1 'pcap:/var/tmp/sw.pcap?rotate=100M&keep=5'
   {PROG} --user nobody tap0 tap1        open as root, then forward as nobody
   {PROG} 'tap0?rate=20000' tap1 tap2    a switch; at most 20,000 frames/s from tap0
+  {PROG} --config /etc/tap-forward.toml --control /run/tap-forward/control.sock
+                                        as a service (systemd Type=notify)
+  {PROG} --control /run/tap-forward/control.sock --command add vm3 tap:vm3
+                                        ask it: list, stats, macs, add, remove, reload
+
+config file (TOML; every option by its long name, endpoints as tables):
+  mtu = 1450
+  [[endpoint]]
+  name = "vm1"
+  kind = "tap"                          tap: device, packet: interface, vxlan/udp:
+  device = "tap-vm1"                    remote, unix/pcap: path, tcp: address, fd: fd;
+  [[endpoint]]                          other keys are the ?key=value options
+  name = "uplink"
+  url = "vxlan://198.18.0.2?vni=42"     or the endpoint as on the command line
 
 signals:
   SIGINT, SIGTERM  stop: flush captures, log final counters, exit 0
   SIGHUP           reopen: a new pcap file where the old one was moved away
-                   (log rotation), look at every endpoint now; keeps forwarding
+                   (log rotation), look at every endpoint now; keeps forwarding;
+                   with --config, then reload the file: endpoints added, removed
+                   and changed are applied, unchanged ones untouched; a file with
+                   an error is refused and the running setup stays
+
+systemd:
+  with NOTIFY_SOCKET set (Type=notify): READY=1 once every endpoint forwards,
+  STATUS= lines, WATCHDOG=1 at half of WatchdogSec, RELOADING=1, STOPPING=1
 
 exit status:
 """ + "\n".join(f"  {status} {meaning}" for status, meaning in STATUSES.items())
@@ -147,22 +170,13 @@ def _number(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _listen_address(text: str) -> tuple[str, int]:
-    try:
-        if text.isascii() and text.isdigit():
-            return "127.0.0.1", parse_int(text, 0, 65535)
-        return parse_hostport(text, what="--metrics address", any_port=True)
-    except (ValueError, UsageError) as exc:
-        reason = exc.reason if isinstance(exc, UsageError) else f"port: expected {exc}"
-        raise argparse.ArgumentTypeError(reason) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``tap-forward``."""
     p = _Parser(
         prog=PROG,
-        description="Forward Ethernet frames between TAP interfaces, VXLAN tunnels and "
-        "UDP sockets: two endpoints make a wire, three or more a MAC learning switch.",
+        description="Forward Ethernet frames between TAP interfaces, existing interfaces, "
+        "VXLAN and UDP tunnels, VMs' stream sockets and pcap captures: two endpoints make "
+        "a wire, three or more a MAC learning switch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # `--work 2` must not silently mean --workers
@@ -170,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("endpoints", nargs="*", metavar="ENDPOINT", help=SYNTAX)
     p.add_argument(
         "--stats",
-        type=_number("seconds", lambda t: parse_decimal(t, 0.1, 86400, zero=True)),
+        type=_number("seconds", SETTINGS["stats"].parse),
         default=10.0,
         metavar="SECONDS",
         help="log per-endpoint counters every SECONDS (default 10; 0 = off)",
@@ -190,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mtu",
-        type=_number("MTU", lambda t: parse_int(t, 68, 65535)),
+        type=_number("MTU", SETTINGS["mtu"].parse),
         metavar="N",
         help="set the MTU of the TAPs it opens",
     )
@@ -205,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics",
-        type=_listen_address,
+        type=_number("address", SETTINGS["metrics"].parse),
         metavar="[ADDR:]PORT",
         help="serve Prometheus metrics over HTTP (address default 127.0.0.1)",
     )
@@ -221,21 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-macs",
-        type=_number("count", lambda t: parse_int(t, 1, 1 << 24)),
+        type=_number("count", SETTINGS["max-macs"].parse),
         default=8192,
         metavar="N",
         help="bound of the MAC learning table (default 8192)",
     )
     p.add_argument(
         "--aging",
-        type=_number("seconds", lambda t: parse_decimal(t, 0, 1e7, low_open=True)),
+        type=_number("seconds", SETTINGS["aging"].parse),
         default=300.0,
         metavar="SECONDS",
         help="forget a MAC address not seen for SECONDS (default 300)",
     )
     p.add_argument(
         "--keep-warm",
-        type=_number("milliseconds", lambda t: parse_decimal(t, 0.01, 1000, zero=True)),
+        type=_number("milliseconds", SETTINGS["keep-warm"].parse),
         default=1.0,
         metavar="MS",
         help="while frames flow (and 5 s after), wake every MS milliseconds so the CPU "
@@ -244,11 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_number("count", lambda t: parse_int(t, 1, 256)),
+        type=_number("count", SETTINGS["workers"].parse),
         default=1,
         metavar="N",
         help="forward with N worker processes over multi-queue TAPs, one per core "
         "(every endpoint must be a TAP; default 1: one process)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options and endpoints from a TOML file (see examples/tap-forward.toml); "
+        "options on the command line override it; SIGHUP or --command reload re-reads "
+        "it and applies the difference",
+    )
+    p.add_argument(
+        "--control",
+        type=_number("path", SETTINGS["control"].parse),
+        metavar="PATH",
+        help="serve a control socket at PATH (0600; root and --user only): JSON lines "
+        "to list endpoints, read stats and the MAC table, add, remove, reload",
+    )
+    p.add_argument(
+        "--command",
+        nargs="+",
+        metavar="WORD",
+        help="with --control: ask the tap-forward serving PATH and print its JSON reply: "
+        "list | stats | macs | add NAME ENDPOINT | remove NAME | reload | help",
     )
     p.add_argument(
         "--demo",
@@ -268,17 +303,33 @@ def fail(message: str, status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tap-forward``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.group is not None and args.user is None:
+    # Options given are told from defaults, so that a --config file's hold
+    # unless the command line says otherwise: argparse leaves preset ones be.
+    unset = object()
+    preset = {a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS}
+    args = parser.parse_args(argv, argparse.Namespace(**preset))
+    given = {k: v for k, v in vars(args).items() if v is not unset}
+    if "group" in given and "user" not in given and "config" not in given:
         parser.error("--group needs --user")
-    if args.demo and args.endpoints:
+    if given.get("demo") and given.get("endpoints"):
         parser.error("--demo takes no endpoints")
-    configure_logging(args.log_format, args.log_level)
-    options = startup.Options(
-        **{field.name: getattr(args, field.name) for field in dataclasses.fields(startup.Options)}
-    )
+    if "command" in given and "control" not in given:
+        parser.error("--command needs --control PATH")
+    if "command" in given and given.get("endpoints"):
+        parser.error("--command takes no endpoints (add one with: --command add NAME ENDPOINT)")
     try:
-        if args.demo:
+        if "command" in given:
+            status, reply = ask(given["control"], request_for(given["command"]))
+            print(json.dumps(reply, indent=2, default=str))
+            return status
+        fields = {f.name for f in dataclasses.fields(startup.Options)}
+        options = startup.settle({k: v for k, v in given.items() if k in fields})
+    except GreentapError as exc:
+        return fail(f"{'' if isinstance(exc, UsageError) else type(exc).__name__ + ': '}{exc}",
+                    exit_status(exc))  # fmt: skip
+    configure_logging(options.log_format, options.log_level)
+    try:
+        if given.get("demo"):
             return run_demo()
         return startup.execute(startup.plan(options), structlog.get_logger(PROG))
     except GreentapError as exc:

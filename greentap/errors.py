@@ -31,6 +31,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "ConfigError",
     "EndpointClosed",
     "EndpointIOError",
     "EndpointSyntaxError",
@@ -190,6 +191,35 @@ class InvalidInterfaceName(InterfaceNameError):
 
 class EndpointSyntaxError(UsageError):
     """An endpoint description (``tap:NAME``, ``vxlan://...``) or an option cannot be used."""
+
+
+class ConfigError(UsageError):
+    """A configuration file cannot be used: its syntax, a key, a value, an endpoint.
+
+    Its endpoint is ``FILE:LINE`` (or the file alone where no line applies),
+    and its reason names the key: ``/etc/tap-forward.toml:7: endpoint 'vm1',
+    key 'vni': expected a whole number from 0 to 16777215, not 'x'``.
+
+    Attributes:
+        path: the file.
+        line: the line (1-based), or None.
+        key: the key at fault, or None.
+    """
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        endpoint: str | bytes | None = None,
+        errno: int | None = None,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        if endpoint is None and path is not None:
+            endpoint = path if line is None else f"{path}:{line}"
+        super().__init__(reason, endpoint=endpoint, errno=errno)
+        self.path, self.line, self.key = path, line, key
 
 
 class FrameRejected(UsageError):

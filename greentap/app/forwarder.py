@@ -44,7 +44,7 @@ from greentap.app.pumps import admission, mirror_sends, switch, wire
 from greentap.app.service import Service
 from greentap.app.topology import Topology
 from greentap.core.switching import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
-from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError, UsageError
+from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError
 from greentap.ports.base import Port
 
 __all__ = ["DEFAULT_KEEP_WARM", "Forwarder"]
@@ -165,23 +165,22 @@ class Forwarder(Service):
         gevent.killall([g for g in pumps if not g.dead], block=True, timeout=timeout)
 
     # --- ports joining and leaving --------------------------------------------
-    def add_port(self, port: Port) -> int:
+    def add_port(self, port: Port) -> int | None:
         """Add a port while the forwarder runs (or before it starts).
 
         A wire of two becomes a switch when a third joins, losing no frame.
+        A listener starts accepting; a mirror gets every frame from the
+        next one on.
 
         Returns:
-            The port's number.
+            The port's number; None for a listener or a mirror.
 
         Raises:
-            UsageError: its header (vnet header) size differs from the others', or
-                it carries no traffic (a listener, a mirror).
+            UsageError: its header (vnet header) size differs from the others'.
         """
         if not port.readable:
-            raise UsageError(
-                "add_port() takes a port that carries traffic: give listeners and "
-                "mirrors to the Forwarder when it is made", endpoint=port.name,
-            )  # fmt: skip
+            _add_unnumbered(self, port)
+            return None
         index = self.topology.add(port)
         port.notify = functools.partial(self._port_event, port)
         self.log.info("endpoint_joined", ports=self.topology.count, **port.describe())
@@ -193,15 +192,15 @@ class Forwarder(Service):
     def remove_port(self, port: Port, reason: str = "removed") -> bool:
         """Take a port out and close it; its MAC addresses are forgotten at once.
 
-        A switch of three becomes a wire when one leaves.  Harmless for a
-        port that already left.
+        A switch of three becomes a wire when one leaves.  A listener's
+        connections leave with it.  Harmless for a port that already left.
 
         Returns:
             True if the port was here.
         """
         index = self.topology.number(port)
         if index is None:
-            return False
+            return _remove_unnumbered(self, port, reason)
         self.topology.remove(index)
         self.failed.pop(index, None)
         pump = self._pumps.pop(index, None)
@@ -225,10 +224,13 @@ class Forwarder(Service):
         loop, why = self.relay_loop()
         self.log.info("mode_changed", mode=mode, loop=loop, ports=self.topology.count,
                       **({"loop_reason": why} if why else {}))  # fmt: skip
+        self.rewire()
+
+    def rewire(self) -> None:
+        """Make every pump start over with the ports as they are now (see the module)."""
+        # Only pumps waiting in their loop: one not started yet reads the ports when it starts.
         current = gevent.getcurrent()
         for g in list(self._running):
-            # Only pumps inside their loop: one not started yet reads the new
-            # mode when it starts.
             if g is not current and not g.dead:
                 g.kill(_Rewire, block=False)
 
@@ -280,12 +282,12 @@ class Forwarder(Service):
     def _pump(self, index: int) -> None:
         port = self.topology.slots[index]
         assert port is not None
-        admit = admission(port, self._hub.loop.now)
-        mirrors = mirror_sends(self.mirrors, self._header)
         self._running.add(gevent.getcurrent())  # from here on a _Rewire is caught
         try:
             while True:
-                try:
+                try:  # mirrors and a rate limit may change while it runs
+                    admit = admission(port, self._hub.loop.now)
+                    mirrors = mirror_sends(self.mirrors, self._header)
                     self._forward(index, port, admit, mirrors)
                 except _Rewire:
                     continue  # thrown only where the pump waits: no frame in hand
@@ -359,6 +361,33 @@ class Forwarder(Service):
 
     def _port_event(self, port: Port, event: str, level: str = "warning", **fields: Any) -> None:
         getattr(self.log, level)(event, endpoint=port.name, kind=port.kind, **fields)
+
+
+def _add_unnumbered(forwarder: Forwarder, port: Port) -> None:
+    """A listener starts accepting, a mirror gets every frame from the next one on."""
+    forwarder.topology.add_unnumbered(port)
+    port.notify = functools.partial(forwarder._port_event, port)
+    forwarder.log.info("endpoint_joined", ports=forwarder.topology.count, **port.describe())
+    if forwarder._started and not forwarder._stopped:
+        if getattr(port, "accepts", False):
+            forwarder.spawn(accept_loop, forwarder, port)
+        else:
+            forwarder.rewire()  # the pumps pick the new mirror up
+
+
+def _remove_unnumbered(forwarder: Forwarder, port: Port, reason: str) -> bool:
+    """A listener (and its connections) or a mirror leaves."""
+    if not forwarder.topology.remove_unnumbered(port):
+        return False
+    port.close()  # a listener's accept loop ends with EndpointClosed
+    for _, conn in forwarder.topology.data():
+        if getattr(conn, "origin", None) is port:
+            forwarder.remove_port(conn, reason="its listener was removed")
+    forwarder.log.info("endpoint_left", endpoint=port.name, kind=port.kind, reason=reason,
+                       ports=forwarder.topology.count)  # fmt: skip
+    if not forwarder._stopped:
+        forwarder.rewire()
+    return True
 
 
 def keep_warm(forwarder: Forwarder, interval: float) -> None:

@@ -30,6 +30,9 @@ class Service:
 
     Attributes:
         log: the logger.
+        stop_hooks: called (no arguments) when a stop begins, before
+            anything is closed (systemd's ``STOPPING=1``).
+        reopen_hooks: called after :meth:`reopen` on SIGHUP (a reload).
     """
 
     def __init__(self, *, logger: Any, hub: Any = None) -> None:
@@ -40,6 +43,8 @@ class Service:
         self._signals: list[Any] = []
         self._servers: list[Any] = []
         self._started = self._stopped = False
+        self.stop_hooks: list[Callable[[], Any]] = []
+        self.reopen_hooks: list[Callable[[], Any]] = []
 
     # --- what subclasses provide ---------------------------------------------
     def _start(self) -> None:
@@ -87,6 +92,8 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
+        for hook in self.stop_hooks:
+            hook()
         for cancel in self._signals:
             cancel.cancel()
         for server in self._servers:
@@ -156,7 +163,12 @@ class Service:
     def _on_reopen_signal(self, signum: int) -> None:
         self.log.info("signal_received", signal=signal.Signals(signum).name, action="reopen")
         # Not in the signal callback itself: reopening may log and wait.
-        self.spawn(self.reopen)
+        self.spawn(self._reopen_all)
+
+    def _reopen_all(self) -> None:
+        self.reopen()
+        for hook in self.reopen_hooks:
+            hook()
 
     def serve_wsgi(self, app: Callable[..., Any], address: tuple[str, int]) -> tuple[str, int]:
         """Serve a WSGI app (e.g. metrics) on this hub until the service stops.

@@ -12,17 +12,19 @@ both through the same :func:`serve`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from greentap.app import config
+from greentap.app.daemon import Daemon
 from greentap.app.exits import EXIT_OK
 from greentap.app.forwarder import Forwarder
+from greentap.app.live import LiveEndpoints
 from greentap.app.privileges import drop_privileges, resolve
 from greentap.app.service import Service
 from greentap.app.stats import StatsReporter
 from greentap.core import _accel
-from greentap.core.endpoints import EndpointSpec, parse_endpoint
+from greentap.core.endpoints import EndpointSpec, identity, parse_endpoint
 from greentap.errors import UsageError
 from greentap.green import relay
 from greentap.ports import open_ports
@@ -36,6 +38,7 @@ __all__ = [
     "plan",
     "run",
     "serve",
+    "settle",
 ]
 
 
@@ -56,6 +59,12 @@ class Options:
         aging: seconds before a learned MAC address is forgotten.
         keep_warm: milliseconds between hub ticks while frames flow; 0 = off.
         workers: forwarder processes over multi-queue TAPs.
+        config: the configuration file the options and endpoints came from
+            (what a reload reads again), or None.
+        control: the control socket's path, or None.
+        names: the endpoints' names (a file's ``name`` keys); empty: each
+            endpoint's text is its name.
+        file_options: the options the file set (a reload says which changed).
     """
 
     endpoints: Sequence[str] = ()
@@ -71,6 +80,43 @@ class Options:
     aging: float = 300.0
     keep_warm: float = 1.0
     workers: int = 1
+    config: str | None = None
+    control: str | None = None
+    names: Sequence[str] = ()
+    file_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def named(self) -> list[tuple[str, str]]:
+        """``[(name, text)]`` of every endpoint."""
+        names = self.names or self.endpoints
+        return list(zip(names, self.endpoints, strict=True))
+
+
+def settle(given: dict[str, Any]) -> Options:
+    """The options: the defaults, then a ``--config`` file's, then those ``given``.
+
+    Args:
+        given: the options given on the command line, by field (only those
+            given; ``config`` names the file).
+
+    Raises:
+        ConfigError: the file has an error.
+        UsageError: endpoints both in the file and on the command line.
+    """
+    path = given.get("config")
+    if path is None:
+        return Options(**given)
+    loaded = config.load(path)
+    if given.get("endpoints") and loaded.endpoints:
+        raise UsageError(
+            f"endpoints on the command line and in {path}: give them in one place "
+            f"(a reload reads only the file)"
+        )
+    values: dict[str, Any] = {**loaded.options, "file_options": dict(loaded.options)}
+    if loaded.endpoints:
+        values["endpoints"] = [e.text for e in loaded.endpoints]
+        values["names"] = [e.name for e in loaded.endpoints]
+    values.update((k, v) for k, v in given.items() if k != "endpoints" or v)
+    return Options(**values)
 
 
 def describe_relay_loop() -> str:
@@ -143,7 +189,7 @@ def plan(options: Options) -> Plan:
         )
     seen: dict[tuple[str, Any, Any], str] = {}
     for spec in specs:
-        key = _identity(spec)
+        key = identity(spec)
         if key in seen:
             raise UsageError(f"{spec.text!r} and {seen[key]!r} are the same endpoint")
         seen[key] = spec.text
@@ -156,21 +202,6 @@ def plan(options: Options) -> Plan:
             "tunnels, captures and fd: endpoints cannot be split into queues"
         )
     return Plan(options, specs, offload)
-
-
-def _identity(spec: EndpointSpec) -> tuple[str, Any, Any]:
-    """What makes two endpoints the same thing to open."""
-    if spec.kind == "tap":
-        return ("tap", spec.name, spec.options.get("netns"))
-    if spec.kind == "fd":
-        return ("fd", spec.options["fd"], None)
-    if spec.kind == "pcap":
-        return ("pcap", os.path.abspath(spec.name) if spec.name != "-" else "-", None)
-    if spec.kind == "unix":
-        return ("unix", os.path.abspath(spec.name), None)
-    if spec.kind == "tcp":
-        return ("tcp", spec.options["address"], spec.options["listen"])
-    return (spec.kind, spec.text, None)
 
 
 Attach = Callable[[Service], "Callable[[], None] | None"]
@@ -217,7 +248,15 @@ def execute(decided: Plan, log: Any, *, attach: Attach | None = None) -> int:
         logger=log,
         keep_warm=options.keep_warm / 1000,
     )
-    return serve(forwarder, options, log, attach=attach)
+    origin = "file" if options.config and options.names else "command line"
+    named = zip(options.named(), ports, strict=True)
+    live = LiveEndpoints(
+        forwarder,
+        [(name, text, port, origin) for (name, text), port in named],
+        config_path=options.config, options=options, log=log,
+        file_options=options.file_options,
+    )  # fmt: skip
+    return serve(forwarder, options, log, attach=attach, live=live)
 
 
 def _supervisor(options: Options, specs: Sequence[EndpointSpec], offload: bool, log: Any) -> Any:
@@ -242,8 +281,9 @@ def serve(
     *,
     attach: Attach | None = None,
     drop: bool = True,
+    live: LiveEndpoints | None = None,
 ) -> int:
-    """Serve until a signal: signals, metrics, ``--user``, ``--stats``, final counters.
+    """Serve until a signal: signals, metrics, control, systemd, ``--user``, ``--stats``.
 
     Args:
         service: a forwarder or a supervisor, set up but not started.
@@ -252,17 +292,21 @@ def serve(
         attach: see :func:`run`.
         drop: drop privileges to ``options.user`` (False for the workers'
             supervisor, which keeps root to restart them; the workers drop).
+        live: the forwarder's named endpoints (the control socket changes
+            them, SIGHUP reloads them from ``options.config``), or None.
 
     Returns:
         The service's exit status.
     """
     after: Callable[[], None] | None = None
+    daemon = None
     try:
         service.handle_signals()
         if options.metrics:
             from greentap.app.metrics import serve_metrics  # on use: see _supervisor
 
             serve_metrics(service, options.metrics, log)
+        daemon = Daemon(service, options, log, live)  # binds --control as root
         if attach is not None:
             after = attach(service)
         if options.user is not None and drop:
@@ -273,15 +317,20 @@ def serve(
                      workers_as=options.user)  # fmt: skip
     except BaseException:
         service.stop()  # fail closed: close everything opened, forward nothing
+        if daemon is not None:
+            daemon.close()
         raise
     report = StatsReporter(log)
     if options.stats:
         service.every(options.stats, report)
     status = EXIT_OK
     try:
+        service.start()
+        daemon.start()  # READY=1: every endpoint open, every pump spawned
         status = service.serve_forever()
     finally:
         service.stop()
+        daemon.close()
         if after is not None:
             after()
         report(service)

@@ -134,6 +134,33 @@ class Topology:
         self.switch.add_port(index)
         return index
 
+    def add_unnumbered(self, port: Port) -> None:
+        """Add a listener (``accepts``) or a mirror (neither readable nor accepting).
+
+        Raises:
+            UsageError: it is here already, or a listener whose connections'
+                header size differs.
+        """
+        if any(p is port for p in self.everything()):
+            raise UsageError(f"{port.name} is a port of this forwarder already", endpoint=port.name)
+        if getattr(port, "accepts", False):
+            if port.header_size != self.header:
+                raise UsageError(
+                    f"{port.name} carries a {port.header_size}-byte header, the others "
+                    f"{self.header}", endpoint=port.name,
+                )  # fmt: skip
+            self.listeners.append(port)
+        else:
+            self.mirrors.append(port)  # in place: the forwarder shares this list
+
+    def remove_unnumbered(self, port: Port) -> bool:
+        """Take a listener or a mirror out; False if it is not here."""
+        for group in (self.listeners, self.mirrors):
+            if any(p is port for p in group):
+                group[:] = [p for p in group if p is not port]
+                return True
+        return False
+
     def remove(self, index: int) -> Port:
         """Take port ``index`` out: its number is free, its addresses forgotten.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from greentap.core.pcap import DEFAULT_SNAPLEN, MIN_ROTATE
 from greentap.core.vxlan import MAX_VNI, VXLAN_PORT
 from greentap.errors import EndpointSyntaxError
 
-__all__ = ["OPTIONS", "SYNTAX", "EndpointSpec", "parse_endpoint", "parse_hostport"]
+__all__ = ["OPTIONS", "SYNTAX", "EndpointSpec", "identity", "parse_endpoint", "parse_hostport"]
 
 _POLICING = frozenset({"rate", "burst"})  # an ingress rate limit, on every port that reads
 #: Options each endpoint kind accepts in its ``?key=value`` part.
@@ -417,3 +418,19 @@ def parse_endpoint(text: str) -> EndpointSpec:
     if text.startswith("tcp://"):
         return _parse_tcp(text)
     return _parse_tap(text)
+
+
+def identity(spec: EndpointSpec) -> tuple[str, Any, Any]:
+    """What makes two endpoints the same thing to open (a TAP and its namespace,
+    a file's absolute path, an address), however they are written."""
+    if spec.kind == "tap":
+        return ("tap", spec.name, spec.options.get("netns"))
+    if spec.kind == "fd":
+        return ("fd", spec.options["fd"], None)
+    if spec.kind == "pcap":
+        return ("pcap", os.path.abspath(spec.name) if spec.name != "-" else "-", None)
+    if spec.kind == "unix":
+        return ("unix", os.path.abspath(spec.name), None)
+    if spec.kind == "tcp":
+        return ("tcp", spec.options["address"], spec.options["listen"])
+    return (spec.kind, spec.text, None)

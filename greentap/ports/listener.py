@@ -43,7 +43,7 @@ from greentap.ports.registry import OpenOptions, register
 from greentap.ports.stream import StreamConnection
 from greentap.ports.superstream import SuperStream
 
-__all__ = ["StreamListener"]
+__all__ = ["StreamListener", "clear_stale"]
 
 _BACKLOG = 128
 _REFUSAL_LOG_INTERVAL = 1.0
@@ -109,7 +109,7 @@ class StreamListener(Port):
     def _bind_unix(self, spec: EndpointSpec) -> socket.socket:
         path = spec.name
         gid = _group_id(spec.options["group"], spec.text) if "group" in spec.options else None
-        _clear_stale(path, spec.text)
+        clear_stale(path, spec.text)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Created 0600 from the start (bind makes the file): no moment
@@ -191,6 +191,7 @@ class StreamListener(Port):
             if rate is not None:
                 conn.policer = TokenBucket(rate, burst)
             conn.departed = self._departed
+            conn.origin = self  # removing the listener removes its connections
             return conn
 
     def _refuse(self) -> None:
@@ -254,7 +255,7 @@ class StreamListener(Port):
             pass
 
 
-def _clear_stale(path: str, endpoint: str) -> None:
+def clear_stale(path: str, endpoint: str) -> None:
     """Remove a socket file nothing listens on; refuse anything else.
 
     Raises:

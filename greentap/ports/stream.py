@@ -78,6 +78,7 @@ class StreamConnection(Port):
 
     Attributes:
         closed_because: why the connection ended, once it did.
+        origin: the listener that accepted it (its removal removes this), or None.
         departed: called once with the port when it closes (a listener
             counts its connections this way).
     """
@@ -105,6 +106,7 @@ class StreamConnection(Port):
         self.closed_because: str | None = None
         self.ended = "closed"  # how, for a listener's count: peer_closed, peer_reset, ...
         self.departed: Any = None
+        self.origin: Any = None  # the listener that accepted it, if any
         _tune(sock)
         self._io = GreenFd(FdHolder(sock, name=name), hub=hub, budget=budget)
         self._hub = self._io.hub

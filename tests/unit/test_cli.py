@@ -41,6 +41,16 @@ def tap_forward(*args, env=None):
         ),
         (("--workers", "2", "a", "b", "pcap:-"), exits.EXIT_USAGE, "--workers needs every"),
         (("tap0?rate=0", "tap1"), exits.EXIT_USAGE, "rate '0': expected a number above 0"),
+        (("--config", "/nonexistent.toml"), exits.EXIT_USAGE, "/nonexistent.toml: cannot read"),
+        (("--command", "list"), exits.EXIT_USAGE, "--command needs --control PATH"),
+        (("--control", "/x", "--command", "jump"), exits.EXIT_USAGE, "unknown command 'jump'"),
+        (("--control", "/x", "--command", "add", "a"), exits.EXIT_USAGE, "add NAME ENDPOINT"),
+        (
+            ("--control", "/nonexistent.sock", "--command", "list"),
+            exits.EXIT_SYSTEM,
+            "cannot reach the control socket",
+        ),
+        (("--control", "x" * 120, "a", "b"), exits.EXIT_USAGE, "1 to 107 bytes"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(args, status, message):
@@ -52,6 +62,22 @@ def test_errors_are_one_line_with_a_documented_status(args, status, message):
     assert lines[0].startswith("tap-forward: error: ")
     assert message in lines[0]
     assert "Traceback" not in out.stderr
+
+
+def test_a_config_file_error_is_one_line_naming_file_line_and_key(tmp_path):
+    """--config with a bad value: exit 2, one line FILE:LINE: key ...; the command line's
+    own value for that option does not hide the file's error (the file is checked whole)."""
+    path = tmp_path / "bad.toml"
+    path.write_text('stats = 1\n[[endpoint]]\nname = "a"\nkind = "tap"\nvni = 3\n')
+    out = tap_forward("--config", str(path))
+    assert out.returncode == exits.EXIT_USAGE
+    assert out.stderr.splitlines() == [
+        f"tap-forward: error: {path}:5: endpoint 'a', key 'vni': unknown key for a tap "
+        "endpoint (known: burst, device, netns, rate)"
+    ]
+    path.write_text("mtu = 1\n")
+    out = tap_forward("--config", str(path), "--mtu", "1500", "a", "b")
+    assert out.returncode == exits.EXIT_USAGE and f"{path}:1: key 'mtu'" in out.stderr
 
 
 def test_help_shows_examples_and_exit_statuses():
