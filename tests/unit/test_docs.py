@@ -45,14 +45,21 @@ def pinned_shtab():
     return shtab
 
 
+def tool(cmd, **kw):
+    """Run a system tool; under the sanitize environment, without the sanitizer runtimes
+    preloaded for Python (they would check groff's own C++ and fail it)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env, **kw)
+
+
 def lint_roff(path):
     """groff's warnings about the page, else mandoc's; skip (CI: fail) without either."""
     if shutil.which("groff"):
         cmd = ["groff", "-man", "-Tutf8", "-ww", "-z", path]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stderr
+        return tool(cmd).stderr
     if shutil.which("mandoc"):
         cmd = ["mandoc", "-T", "lint", "-W", "warning", path]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        out = tool(cmd)
         # The date is left out on purpose: the page must not change with the day.
         return "\n".join(
             line for line in (out.stdout + out.stderr).splitlines() if "missing date" not in line
@@ -66,10 +73,10 @@ def render_text(path):
     """The page as plain text, one paragraph a line (wide), through groff or mandoc."""
     if shutil.which("groff"):
         cmd = ["groff", "-man", "-Tutf8", "-rLL=250n", "-P-cbou", path]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+        return tool(cmd, check=True).stdout
     if shutil.which("mandoc"):
         cmd = ["mandoc", "-T", "utf8", "-O", "width=250", path]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+        out = tool(cmd, check=True).stdout
         return re.sub(".\x08", "", out)  # overstrike bold and underline
     lint_roff(path)  # skips or fails as the lint does
     return ""
@@ -84,9 +91,7 @@ def complete(*words, cwd=None):
         f'{function}; printf "%s\\n" "${{COMPREPLY[@]}}"'
     )
     cmd = ["bash", "--norc", "--noprofile", "-c", shell, "bash", COMPLETIONS["bash"], "tap-forward"]
-    out = subprocess.run(
-        [*cmd, *words], capture_output=True, text=True, timeout=30, check=True, cwd=cwd
-    )
+    out = tool([*cmd, *words], check=True, cwd=cwd)
     return out.stdout.split()
 
 
@@ -191,7 +196,7 @@ def test_zsh_completion_parses():
     """zsh reads _tap-forward without a syntax error (skipped where zsh is not installed)."""
     if not shutil.which("zsh"):
         pytest.skip("zsh not installed")
-    result = subprocess.run(["zsh", "-n", COMPLETIONS["zsh"]], capture_output=True, text=True)
+    result = tool(["zsh", "-n", COMPLETIONS["zsh"]])
     assert result.returncode == 0, result.stderr
 
 
