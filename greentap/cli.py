@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-format",
+        type=str.lower,
         choices=("console", "json"),
         default=None,
         help="log rendering (default: console on a terminal, json otherwise)",
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--offload",
+        type=str.lower,
         choices=("auto", "on", "off"),
         default="auto",
         help="pass checksum/segmentation offloads (virtio-net headers, 64 KiB frames): "
@@ -225,11 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--user",
+        type=_number("name", SETTINGS["user"].parse),
         metavar="USER",
         help="once the endpoints are open, drop root to USER (fails closed)",
     )
     p.add_argument(
         "--group",
+        type=_number("name", SETTINGS["group"].parse),
         metavar="GROUP",
         help="with --user: the group to run as (default: USER's primary group)",
     )

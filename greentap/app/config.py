@@ -22,16 +22,17 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from greentap.app.privileges import resolve
 from greentap.app.settings import SETTINGS
 from greentap.core.endpoints import OPTIONS, EndpointSpec, identity, parse_endpoint
-from greentap.errors import ConfigError, InterfaceNameError, UsageError
+from greentap.errors import ConfigError, GreentapError, InterfaceNameError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["TARGETS", "Config", "NamedEndpoint", "load", "parse"]
+__all__ = ["NAME_RULE", "TARGETS", "Config", "NamedEndpoint", "load", "parse", "valid_name"]
 
 #: The key naming what each endpoint kind opens (a TAP's ``device`` defaults to its name).
 TARGETS = {
@@ -52,10 +53,14 @@ _EITHER = frozenset({"rotate", "mode"})  # 100M or 104857600; "0660" or 0o660
 _FLAGS = frozenset({"listen"})
 _MAX_NAME = 64
 _NAME = re.compile(r"[A-Za-z0-9_.:@+-]+")
+#: What an endpoint's name may be.
+NAME_RULE = f"expected 1 to {_MAX_NAME} letters, digits or _.:@+-"
+_MAX_NUMBER = 1 << 62  # beyond any option's range; Python's int-to-text limit is far above
 # Where keys are: a table header, or a key at the start of a line.
-_ARRAY_HEADER = re.compile(r"\s*\[\[\s*([A-Za-z0-9_-]+)\s*\]\]")
+_ARRAY_HEADER = re.compile(r"""\s*\[\[\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*\]\]""")
 _TABLE_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_.\"' -]+?)\s*\]")
-_KEY = re.compile(r"""\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*=""")
+# A dotted key (mtu.x = 3) is found by its first part: that is the key at fault.
+_KEY = re.compile(r"""\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*[.=]""")
 _TOML_LINE = re.compile(r"at line (\d+)")
 _TOML_WHERE = re.compile(r"\(at line \d+, column (\d+)\)")
 
@@ -93,6 +98,11 @@ class Config:
     endpoints: tuple[NamedEndpoint, ...]
 
 
+def valid_name(name: object) -> bool:
+    """Whether ``name`` can name an endpoint (see :data:`NAME_RULE`)."""
+    return isinstance(name, str) and len(name) <= _MAX_NAME and bool(_NAME.fullmatch(name))
+
+
 def load(path: str) -> Config:
     """Read and check a configuration file.
 
@@ -118,6 +128,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     Raises:
         ConfigError: anything in it is wrong.
     """
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -126,6 +137,9 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(
             f"not valid TOML: {reason}", path=path, line=int(found[1]) if found else None
         ) from None
+    except (ValueError, RecursionError) as exc:  # a number of 5,000 digits, nesting
+        raise ConfigError(f"not valid TOML: {type(exc).__name__}: {str(exc)[:200]}",
+                          path=path) from None  # fmt: skip
     lines = _Lines(text, path)
     options: dict[str, Any] = {}
     endpoints: list[NamedEndpoint] = []
@@ -140,6 +154,7 @@ def parse(text: str, path: str = "<config>") -> Config:
             known = ", ".join(sorted([*SETTINGS, "endpoint"]))
             raise lines.error(f"unknown key (known: {known})", key=key)
     _no_twins(endpoints, lines)
+    _coherent(options, endpoints, lines)
     return Config(path, options, tuple(endpoints))
 
 
@@ -151,12 +166,14 @@ class _Lines:
         self.where: dict[tuple[str | None, int | None, str | None], int] = {}
         section: tuple[str | None, int | None] = (None, None)
         count: dict[str, int] = {}
-        for number, line in enumerate(text.splitlines(), 1):
+        # Only \n ends a TOML line (splitlines() would also split at NEL, U+2028...).
+        for number, line in enumerate(text.split("\n"), 1):
             if m := _ARRAY_HEADER.match(line):
-                index = count.get(m[1], 0)
-                count[m[1]] = index + 1
-                section = (m[1], index)
-                self.where.setdefault((m[1], index, None), number)
+                name = m[1].strip("\"'")
+                index = count.get(name, 0)
+                count[name] = index + 1
+                section = (name, index)
+                self.where.setdefault((name, index, None), number)
             elif m := _TABLE_HEADER.match(line):
                 section = (m[1].strip("\"'"), None)
                 self.where.setdefault((None, None, section[0]), number)
@@ -193,6 +210,8 @@ def _option(key: str, value: Any, lines: _Lines) -> Any:
         raise lines.error(f"expected a string, not {_kind_of(value)}", key=key)
     if setting.number is None and not (numeric or isinstance(value, str)):
         raise lines.error(f"expected a port number or a string, not {_kind_of(value)}", key=key)
+    if numeric and abs(value) > _MAX_NUMBER:
+        raise lines.error(f"{_kind_of(value)} far out of range", key=key)
     text = _number_text(value) if numeric else value
     try:
         return setting.parse(text)
@@ -209,11 +228,8 @@ def _endpoint(table: dict[str, Any], index: int, lines: _Lines) -> NamedEndpoint
     if not isinstance(name, str):
         why = "missing" if name is None else f"expected a string, not {_kind_of(name)}"
         raise lines.error(f"every endpoint needs a name: {why}", key="name", table=index)
-    if not _NAME.fullmatch(name) or len(name) > _MAX_NAME:
-        raise lines.error(
-            f"expected 1 to {_MAX_NAME} letters, digits or _.:@+-, not {name!r}",
-            key="name", table=index,
-        )  # fmt: skip
+    if not valid_name(name):
+        raise lines.error(f"{NAME_RULE}, not {name!r}", key="name", table=index)
 
     def error(reason: str, key: str | None) -> ConfigError:
         return lines.error(reason, key=key, table=index, name=name)
@@ -250,6 +266,8 @@ def _build(table: dict[str, Any], name: str, error: Any) -> str:
     if kind == "vxlan" and isinstance(what, list) and what:
         remotes = what
     elif kind == "fd" and isinstance(what, int) and not isinstance(what, bool):
+        if not 0 <= what <= _MAX_NUMBER:
+            raise error("an integer far out of range for a file descriptor", target)
         remotes = [str(what)]
     elif isinstance(what, str) and what:
         remotes = [what]
@@ -275,6 +293,8 @@ def _query_item(key: str, value: Any, error: Any) -> list[str]:
         return [key] if value else []
     if key in _NUMBERS and not numeric:
         raise error(f"expected a number, not {_kind_of(value)}", key)
+    if numeric and abs(value) > _MAX_NUMBER:
+        raise error(f"{_kind_of(value)} far out of range", key)
     if key == "mode" and numeric and isinstance(value, int):
         return [f"mode={value:04o}"]  # mode = 0o660 in TOML
     if key in _EITHER and numeric:
@@ -324,3 +344,20 @@ def _no_twins(endpoints: list[NamedEndpoint], lines: _Lines) -> None:
                 key=None, table=index, name=endpoint.name,
             )  # fmt: skip
         opened[same] = endpoint
+
+
+def _coherent(options: dict[str, Any], endpoints: list[NamedEndpoint], lines: _Lines) -> None:
+    """What only the options and endpoints together can tell, found here with a line."""
+    if "group" in options and "user" not in options:
+        raise lines.error("needs user = ... (the group to run as)", key="group")
+    if "user" in options:
+        try:
+            resolve(options["user"], options.get("group"))
+        except GreentapError as exc:
+            key = "group" if "group" in str(exc) and "group" in options else "user"
+            raise lines.error(exc.reason, key=key) from None
+    if options.get("workers", 1) > 1:
+        others = [e.name for e in endpoints if e.spec.kind != "tap"]
+        if others:
+            raise lines.error(f"more than one needs every endpoint to be a TAP, not "
+                              f"{', '.join(others)}", key="workers")  # fmt: skip

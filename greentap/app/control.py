@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.pool
 import gevent.socket
 
 from greentap.app.exits import EXIT_OK, EXIT_PERMISSION, EXIT_SYSTEM, EXIT_USAGE, exit_status
@@ -45,6 +46,7 @@ __all__ = ["COMMANDS", "ControlServer", "ask", "request_for"]
 MAX_LINE = 64 * 1024
 MAX_CLIENTS = 16
 _IDLE = 300.0  # seconds a client may stay silent
+_SEND = 10.0  # seconds a client has to take a reply: one that does not read is closed
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 #: Each command and the words it takes on the command line (after ``--command``).
 COMMANDS = {
@@ -92,9 +94,9 @@ class ControlServer:
                 sock.bind(path)
             finally:
                 os.umask(old)
-            self._file = os.stat(path)
-            if uid is not None:
-                os.chown(path, uid, -1)  # the --user may connect; root always can
+            self._file = os.lstat(path)
+            if uid is not None:  # the --user may connect; root always can
+                os.chown(path, uid, -1, follow_symlinks=False)
             sock.listen(16)
         except OSError as exc:
             sock.close()
@@ -103,6 +105,7 @@ class ControlServer:
             ) from exc
         self._sock = gevent.socket.socket(fileno=sock.detach())
         self._closed = False
+        self._clients = gevent.pool.Group()
 
     def serve(self) -> None:
         """Accept and serve clients until :meth:`close` (run it in a greenlet)."""
@@ -114,7 +117,7 @@ class ControlServer:
                     return
                 gevent.sleep(0.1)  # out of fds: rest, then try again
                 continue
-            gevent.spawn(self._client, conn)
+            self._clients.spawn(self._client, conn)
 
     def close(self) -> None:
         """Stop listening and remove the socket file if it is still ours."""
@@ -122,6 +125,8 @@ class ControlServer:
             return
         self._closed = True
         self._sock.close()
+        # A request in progress (an add waiting to open) ends with the service.
+        self._clients.kill(block=False)
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == (self._file.st_dev, self._file.st_ino):
@@ -177,18 +182,19 @@ class ControlServer:
         """One request line's reply (never raises for what the client sent)."""
         try:
             request = json.loads(line)
-        except ValueError as exc:
-            return _error(f"not JSON: {exc}", EXIT_USAGE)
+        except (ValueError, RecursionError) as exc:  # nested 2000 deep: RecursionError
+            return _error(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}", EXIT_USAGE)
         if not isinstance(request, dict):
             return _error('a request is a JSON object: {"command": ...}', EXIT_USAGE)
         reply = self._dispatch(request)
-        if "id" in request:
-            reply["id"] = request["id"]
+        ident = request.get("id")
+        if isinstance(ident, (str, int)) and not isinstance(ident, bool):
+            reply["id"] = ident  # echoed as given: a string or a whole number
         return reply
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
-        if command not in COMMANDS:
+        if not isinstance(command, str) or command not in COMMANDS:
             return _error(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})",
                           EXIT_USAGE)  # fmt: skip
         for word in COMMANDS[command]:
@@ -245,7 +251,9 @@ def _error(message: str, status: int, kind: str = "UsageError") -> dict[str, Any
 
 
 def _send(conn: Any, reply: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+    data = json.dumps(reply, default=str).encode() + b"\n"
+    with gevent.Timeout(_SEND, OSError("the client does not read its replies")):
+        conn.sendall(data)
 
 
 def request_for(words: list[str]) -> dict[str, Any]:

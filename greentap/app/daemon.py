@@ -17,7 +17,6 @@ service forwards:
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from greentap.app.control import ControlServer
@@ -81,29 +80,45 @@ class Daemon:
         notifier = self.notifier
         if notifier is None:
             return
-        notifier.ready(summary(self.service))
+        forwarding = getattr(self.service, "forwarding", None)
+        if forwarding is None:
+            notifier.ready(summary(self.service))
+        else:  # workers: ready once each has reported that it forwards
+            self.service.spawn(self._ready_when, forwarding)
         if notifier.watchdog_interval:
             self.service.every(notifier.watchdog_interval, lambda _: notifier.watchdog())
         self.service.every(STATUS_INTERVAL, lambda s: notifier.status(summary(s)))
 
+    def _ready_when(self, forwarding: Any) -> None:
+        while not forwarding():
+            if self.service.wait(0.05):
+                return  # stopped first
+        assert self.notifier is not None
+        self.notifier.ready(summary(self.service))
+
     def reload(self) -> dict[str, Any]:
         """Reload the configuration file, telling systemd (see :meth:`LiveEndpoints.reload`)."""
-        if self.notifier is not None:
-            self.notifier.reloading()
-        try:
-            result: dict[str, Any] = self.live.reload()
-            return result
-        except GreentapError as exc:
-            self.log.error("reload_refused", path=self.options.config, error=str(exc),
-                           error_type=type(exc).__name__)  # fmt: skip
-            raise
-        finally:
+        with self.live.lock:  # two at once: RELOADING, READY, then RELOADING, READY
             if self.notifier is not None:
-                self.notifier.ready(summary(self.service))
+                self.notifier.reloading()
+            try:
+                result: dict[str, Any] = self.live.reload()
+                return result
+            except GreentapError as exc:
+                self.log.error("reload_refused", path=self.options.config, error=str(exc),
+                               error_type=type(exc).__name__)  # fmt: skip
+                raise
+            finally:
+                if self.notifier is not None:
+                    self.notifier.ready(summary(self.service))
 
     def _reload_on_signal(self) -> None:
-        with contextlib.suppress(GreentapError):  # logged: the running setup stays
+        try:
             self.reload()
+        except GreentapError:
+            pass  # logged: the running setup stays
+        except Exception:  # our bug: logged whole, and forwarding goes on
+            self.log.error("reload_failed", path=self.options.config, exc_info=True)
 
     def close(self) -> None:
         """Stop the control socket and close the notify socket; harmless twice."""

@@ -116,11 +116,16 @@ class LiveEndpoints:
             return self._add(name, text, origin)
 
     def _add(self, name: str, text: str, origin: str) -> dict[str, Any]:
-        if not isinstance(name, str) or not config._NAME.fullmatch(name):
-            raise UsageError(f"name {name!r}: expected letters, digits or _.:@+-")
+        if not config.valid_name(name):
+            raise UsageError(f"name {name!r}: {config.NAME_RULE}")
         if name in self.named:
             raise UsageError(f"an endpoint named {name!r} is already running")
+        if getattr(self.forwarder, "stopped", False):
+            raise UsageError("tap-forward is stopping", endpoint=text)
         spec = parse_endpoint(text)
+        if spec.kind == "fd":  # only our own fds could be meant: one a port holds already
+            raise UsageError("fd: endpoints are given at start only (a socket cannot pass "
+                             "a descriptor here)", endpoint=text)  # fmt: skip
         same = identity(spec)
         for item in self.named.values():
             if identity(parse_endpoint(item.text)) == same:
@@ -183,7 +188,7 @@ class LiveEndpoints:
         # Removals first: an endpoint that moved to another name must be free to open.
         for name in removed + [n for n in changed if n not in retuned]:
             self.remove(name, reason="reload")
-        for name in unchanged:
+        for name in unchanged + retuned:
             self.named[name].origin = "file"
         for name in [n for n in wanted if n in added or (n in changed and n not in retuned)]:
             try:

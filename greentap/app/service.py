@@ -62,6 +62,11 @@ class Service:
         return 0
 
     # --- lifecycle --------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        """True once a stop has begun."""
+        return self._stopped
+
     def start(self) -> None:
         """Start serving.  Idempotent."""
         if self._started:

@@ -301,6 +301,10 @@ class Supervisor(Service):
         self._close_queues()
 
     # --- counters ---------------------------------------------------------
+    def forwarding(self) -> bool:
+        """Whether every worker has reported (so forwards): systemd's READY=1 waits for it."""
+        return all(report is not None for report in self._latest)
+
     def stats(self) -> dict[str, Any]:
         """The workers' counters added up, in the shape of ``Forwarder.stats()``."""
         total = combine([self._retired, *self._latest])

@@ -99,6 +99,15 @@ ERRORS = [
     ('[[endpoint]]\nname="a"\nurl="tap0"\n[[endpoint]]\nname="b"\nkind="tap"\ndevice="tap0"\n',
      4, None, "the same endpoint as 'a' on line 1"),
     ('[[endpoint]]\nname="a"\nkind="unix"\npath="/x?y"\n', 4, "path", "cannot name"),
+    ("stats = 1\nmtu = 0x" + "1" * 5000 + "\n", 2, "mtu", "far out of range"),
+    ('[[endpoint]]\nname="a"\nkind="fd"\nfd=0x' + "f" * 900 + "\n", 4, "fd", "far out of range"),
+    ("# caf\x85\u2028\nstats = 1\nmtu = 5\n", 3, "mtu", "from 68"),  # only \n ends a line
+    ("stats = 1\nmtu.x = 3\n", 2, "mtu", "expected a number, not a table"),
+    ('group = "root"\n', 1, "group", "needs user"),
+    ('user = "no-such-user-here"\n', 1, "user", "no such user"),
+    ('workers = 2\n[[endpoint]]\nname="a"\nurl="udp://127.0.0.1:9"\n', 1, "workers",
+     "every endpoint to be a TAP, not a"),
+    ('[["endpoint"]]\nname="a"\nkind="tap"\nvni=1\n', 4, "vni", "unknown key for a tap"),
 ]  # fmt: skip
 
 
@@ -115,6 +124,23 @@ def test_every_error_names_the_file_the_line_and_the_key(tmp_path, text, line, k
     if key is not None:
         assert f"key {key!r}" in str(err)
     assert words in str(err)
+
+
+@pytest.mark.parametrize(
+    "text", ["mtu = 1" + "0" * 5000 + "\n", "mtu = " + "[" * 5000 + "\n"], ids=["digits", "nesting"]
+)
+def test_numbers_and_nesting_beyond_the_parser_are_config_errors(tmp_path, text):
+    """A 5,000-digit number (beyond Python's int text limit) or arrays nested 5,000 deep:
+    a ConfigError saying the TOML is not valid, never another exception."""
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, text))
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path):
+    """A file some editor began with a UTF-8 byte-order mark loads."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbfmtu = 1500\n")
+    assert config.load(str(path)).options == {"mtu": 1500}
 
 
 def test_a_file_that_cannot_be_read_or_is_not_utf8_is_refused(tmp_path):

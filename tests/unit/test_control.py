@@ -135,6 +135,10 @@ def test_errors_come_back_as_error_objects_with_the_exit_status(running):
     assert status == 4 and reply["type"] == "EndpointUnavailable", (busy, reply)
     with pytest.raises(UsageError, match="usage: --command add NAME ENDPOINT"):
         request_for(["add", "x"])
+    status, reply = running.ask("add", "f", "fd:0")
+    assert status == 2 and "given at start only" in reply["error"]
+    status, reply = running.ask("add", "n" * 65, "pcap:/tmp/x.pcap")
+    assert status == 2 and "1 to 64 letters" in reply["error"]
 
 
 def test_garbage_requests_get_error_objects_and_the_connection_stays(running):
@@ -142,9 +146,13 @@ def test_garbage_requests_get_error_objects_and_the_connection_stays(running):
     object, in order, and a good request after them on the same connection is served."""
     replies = running.raw(
         b'garbage\n[1, 2]\n{"command": 5}\n{"command": "remove"}\n\xff\xfe\n\n'
-        b'{"command": "list", "id": 7}\n'
+        b'{"command": "list", "id": 7}\n{"command": []}\n{"command": {}}\n'
+        + b"[" * 3000
+        + b'\n{"command": "help", "id": 1e999}\n{"command": "help", "id": "x"}\n'
     )
-    assert [r["ok"] for r in replies] == [False] * 5 + [True]
+    assert [r["ok"] for r in replies] == [False] * 5 + [True] + [False] * 3 + [True] * 2
+    assert "unknown command" in replies[6]["error"] and "not JSON" in replies[8]["error"]
+    assert "id" not in replies[9] and replies[10]["id"] == "x"  # Infinity is not JSON
     assert "not JSON" in replies[0]["error"] and "JSON object" in replies[1]["error"]
     assert "unknown command" in replies[2]["error"]
     assert "needs 'name'" in replies[3]["error"]
@@ -231,3 +239,23 @@ def test_the_socket_path_is_refused_when_in_use_and_cleaned_at_close(tmp_path):
     ControlServer(path, None, None, uid=None, log=log).close()
     with pytest.raises(EndpointUnavailable, match="cannot reach the control socket"):
         ask(path, {"command": "list"})
+
+
+def test_an_endpoint_the_file_takes_over_is_the_files_even_when_retuned(running):
+    """An endpoint added through the control socket that the file comes to name with only
+    another rate limit is retuned in place and becomes the file's: a later reload that no
+    longer names it removes it."""
+    cap = str(running.tmp / "t.pcap")
+    p = running.ports_free
+    assert running.ask("add", "t", f"udp://127.0.0.1:{p[1]}?local=127.0.0.1:{p[0]}")[0] == 0
+    with open(running.path) as f:
+        a, b = f.read().split("[[endpoint]]")[1:]
+    base = "[[endpoint]]" + a + "[[endpoint]]" + b
+    running.write(base + f'[[endpoint]]\nname = "t"\nurl = "udp://127.0.0.1:{p[1]}?local='
+                  f'127.0.0.1:{p[0]}&rate=100"\n')  # fmt: skip
+    reply = running.ask("reload")[1]["reloaded"]
+    assert reply["in_place"] == ["t"] and running.live.named["t"].origin == "file"
+    assert running.live.named["t"].port.policer.rate == 100
+    running.write(base)
+    assert running.ask("reload")[1]["reloaded"]["removed"] == ["t"]
+    assert "t" not in running.live.named and not os.path.exists(cap)

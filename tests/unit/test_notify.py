@@ -113,3 +113,33 @@ def test_a_service_is_ready_after_its_start_pings_the_watchdog_and_says_stopping
     daemon.close()
     assert received()[-1] == "STOPPING=1\nSTATUS=stopping"
     assert closed_at_stop == [False]
+
+
+def test_with_workers_ready_waits_until_every_worker_reported(systemd, monkeypatch):
+    """A service with forwarding() (the workers' supervisor): READY=1 only once it says
+    every worker forwards, not at its start."""
+    from greentap.app.service import Service
+
+    path, received = systemd
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+
+    class Supervised(Service):
+        reported = False
+
+        def forwarding(self):
+            return self.reported
+
+        def stats(self):
+            return {"mode": "wire", "ports": []}
+
+    service = Supervised(logger=structlog.testing.CapturingLogger())
+    daemon = Daemon(service, startup.Options(), service.log, None)
+    service.start()
+    daemon.start()
+    gevent.sleep(0.2)
+    assert received() == []
+    service.reported = True
+    gevent.sleep(0.2)
+    assert received() == ["READY=1\nSTATUS=wire of 0 endpoints; 0 frames in, 0 out"]
+    service.stop()
+    daemon.close()
