@@ -82,6 +82,12 @@ endpoints:
                          police what it receives: frames beyond PPS a second
                          (bursts of N, default PPS/10) are dropped and counted
                          as rx_rate_limited
+  ...?vlan=N | ...?trunk=N,M,A-B[&native=N] on any endpoint but pcap:
+                         802.1Q: an access port of VLAN N (untagged frames are
+                         VLAN N; tagged ones arriving are dropped) or a trunk
+                         (frames of those VLANs tagged, others dropped; the
+                         native VLAN untagged). MAC learning and floods per
+                         VLAN; endpoints without either pass tags as they are
 
 examples:
   {PROG} --demo                 see it work: two namespaces, a ping across

@@ -48,7 +48,8 @@ TARGETS = {
 _PREFIX = {"tap": "tap:", "fd": "fd:", "packet": "packet:", "vxlan": "vxlan://",
            "udp": "udp://", "unix": "unix:", "tcp": "tcp://", "pcap": "pcap:"}  # fmt: skip
 # The TOML type each endpoint option takes: numbers as numbers, names as strings.
-_NUMBERS = frozenset({"vni", "mtu", "snaplen", "keep", "max", "fd", "rate", "burst"})
+_NUMBERS = frozenset({"vni", "mtu", "snaplen", "keep", "max", "fd", "rate", "burst", "vlan",
+                      "native"})  # fmt: skip
 _EITHER = frozenset({"rotate", "mode"})  # 100M or 104857600; "0660" or 0o660
 _FLAGS = frozenset({"listen"})
 _MAX_NAME = 64
@@ -291,6 +292,12 @@ def _query_item(key: str, value: Any, error: Any) -> list[str]:
         if not isinstance(value, bool):
             raise error(f"expected true or false, not {_kind_of(value)}", key)
         return [key] if value else []
+    if key == "trunk" and isinstance(value, list):  # trunk = [10, 20] as well as "10,20-30"
+        if not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096 for v in value
+        ):
+            raise error('expected VLAN ids: [10, 20] or "10,20-30"', key)
+        value = ",".join(str(v) for v in value)
     if key in _NUMBERS and not numeric:
         raise error(f"expected a number, not {_kind_of(value)}", key)
     if numeric and abs(value) > _MAX_NUMBER:

@@ -111,7 +111,7 @@ class Forwarder(Service):
             port.notify = functools.partial(self._port_event, port)
         self._pumps: dict[int, gevent.Greenlet] = {}
         self._running: weakref.WeakSet[gevent.Greenlet] = weakref.WeakSet()
-        self._mode = self.topology.mode
+        self._mode = self.topology.shape
 
     @property
     def ports(self) -> list[Port]:
@@ -130,7 +130,7 @@ class Forwarder(Service):
 
     # --- lifecycle --------------------------------------------------------
     def _start(self) -> None:
-        self._mode = self.topology.mode  # ports may have been added before the start
+        self._mode = self.topology.shape  # ports may have been added before the start
         for index, _ in self.topology.data():
             self._spawn_pump(index)
         for listener in self.topology.listeners:
@@ -217,10 +217,10 @@ class Forwarder(Service):
         return True
 
     def _topology_changed(self) -> None:
-        mode = self.topology.mode
-        if mode == self._mode:
+        shape = self.topology.shape  # a wire or a switch, with VLANs or without
+        if shape == self._mode:
             return
-        self._mode = mode
+        self._mode, mode = shape, shape[0]
         loop, why = self.relay_loop()
         self.log.info("mode_changed", mode=mode, loop=loop, ports=self.topology.count,
                       **({"loop_reason": why} if why else {}))  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import LearningSwitch
+from greentap.core.vlan import VlanPolicy, frame_vid, pop_tag, push_tag
 from greentap.errors import FrameRejected, GreentapError
 from greentap.ports.base import Port
 
@@ -90,6 +91,9 @@ def switch(
         EndpointClosed: the port was closed (the normal end).
         GreentapError: the port failed.
     """
+    if decision.vlans:
+        return _switch_vlans(index, port, sends, decision, on_send_error, admit, mirrors,
+                             header, now)  # fmt: skip
     recv_into, buf, view = _reader(port)
     decide = decision.decide
     counters = port.counters
@@ -110,6 +114,65 @@ def switch(
                 pass
             except GreentapError as exc:
                 on_send_error(out, exc)
+
+
+def _switch_vlans(
+    index: int,
+    port: Port,
+    sends: Sequence[Send],
+    decision: LearningSwitch,
+    on_send_error: Callable[[int, GreentapError], Any],
+    admit: Admit | None,
+    mirrors: Sequence[Send],
+    header: int,
+    now: Callable[[], float],
+) -> None:
+    """:func:`switch` with access ports and trunks: each frame within its VLAN.
+
+    A frame arriving is given its VLAN by the ingress port's policy (or
+    dropped, counted by reason); it leaves each egress port tagged or
+    untagged as that port's policy says, the tag pushed or popped once per
+    form and shared by the ports that take that form.
+    """
+    recv_into, buf, view = _reader(port)
+    decide, policies = decision.decide_vlan, decision.policies
+    mine = policies.get(index, _TRANSPARENT)
+    counters, drops = port.counters, port.drops
+    while True:
+        n = recv_into(buf)
+        if admit is not None and not admit():
+            continue
+        frame = view[:n]
+        for mirror in mirrors:
+            mirror(frame)
+        if n - header < ETH_HLEN:
+            counters.rx_errors += 1
+            continue
+        tag = frame_vid(frame, header)
+        vlan, reason = mine.ingress(tag)
+        if vlan is None:
+            drops[reason] += 1  # type: ignore[index]
+            continue
+        tagged: Any = frame if tag is not None else None
+        untagged: Any = frame if tag is None else None
+        for out in decide(index, view[header:n], vlan, now()):
+            if policies.get(out, _TRANSPARENT).egress(vlan):
+                if tagged is None:
+                    tagged = push_tag(frame, header, vlan)
+                form = tagged
+            else:
+                if untagged is None:
+                    untagged = pop_tag(frame, header)
+                form = untagged
+            try:
+                sends[out](form)
+            except FrameRejected:
+                pass
+            except GreentapError as exc:
+                on_send_error(out, exc)
+
+
+_TRANSPARENT = VlanPolicy()
 
 
 def _reader(port: Port) -> tuple[Callable[..., int], mmap.mmap, memoryview]:

@@ -68,11 +68,18 @@ class Topology:
         self.slots: list[Port | None] = list(data)
         self.sends: list[Callable[[Any], Any]] = [p.send for p in data]
         self.switch = LearningSwitch(len(data), aging=aging, max_entries=max_entries)
+        for number, port in enumerate(data):
+            self.switch.set_policy(number, port.vlan)
 
     @property
     def mode(self) -> str:
-        """``"wire"`` with exactly two data ports, ``"switch"`` otherwise."""
-        return "wire" if self.count == 2 else "switch"
+        """``"wire"`` with exactly two data ports and no VLAN ports, ``"switch"`` otherwise."""
+        return "wire" if self.count == 2 and not self.switch.vlans else "switch"
+
+    @property
+    def shape(self) -> tuple[str, bool]:
+        """``(mode, VLANs)``: when either changes, the pumps take another path."""
+        return self.mode, self.switch.vlans
 
     @property
     def count(self) -> int:
@@ -83,7 +90,8 @@ class Topology:
         """Which loop moves the frames: ``("c", None)`` or ``("python", why)``."""
         data = [p for _, p in self.data()]
         if self.mode == "switch":
-            return "python", f"a switch of {len(data)} ports"
+            vlans = " with VLANs" if self.switch.vlans else ""
+            return "python", f"a switch of {len(data)} ports{vlans}"
         if self.mirrors:
             return "python", "a mirror gets every frame"
         if any(p.policer is not None for p in data):
@@ -132,6 +140,7 @@ class Topology:
             self.slots.append(port)
             self.sends.append(port.send)
         self.switch.add_port(index)
+        self.switch.set_policy(index, port.vlan)
         return index
 
     def add_unnumbered(self, port: Port) -> None:
@@ -173,6 +182,7 @@ class Topology:
         self.slots[index] = None
         self.sends[index] = _nowhere
         self.switch.remove_port(index)
+        self.switch.set_policy(index, None)
         while self.slots and self.slots[-1] is None:
             self.slots.pop()
             self.sends.pop()
@@ -205,6 +215,11 @@ class Topology:
                 "filtered": switch.filtered,
                 "flooded": switch.flooded,
                 "mac_table": switch.table.stats(),
+                **(
+                    {"vlans": {str(v): n for v, n in sorted(switch.vlan_frames.items())}}
+                    if switch.vlans
+                    else {}
+                ),
             },
         }
 
@@ -212,7 +227,14 @@ class Topology:
         """The learned addresses as ``[(mac, port name, age seconds)]``."""
         slots = self.slots
         return [
-            (format_mac(mac), slots[port].name, age)  # type: ignore[union-attr]
+            (_format_key(mac), slots[port].name, age)  # type: ignore[union-attr]
             for mac, port, age in self.switch.table.entries(now)
             if port < len(slots) and slots[port] is not None
         ]
+
+
+def _format_key(key: bytes) -> str:
+    """A MAC table key: the address, or with VLANs ``address@vlanN``."""
+    if len(key) == 8:  # the VLAN (2 bytes) before the address
+        return f"{format_mac(key[2:])}@vlan{int.from_bytes(key[:2], 'big')}"
+    return format_mac(key)

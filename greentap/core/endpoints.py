@@ -22,22 +22,24 @@ from typing import Any
 from greentap.core.names import encode_ifname
 from greentap.core.numbers import parse_decimal, parse_int, parse_size
 from greentap.core.pcap import DEFAULT_SNAPLEN, MIN_ROTATE
+from greentap.core.vlan import MAX_VID, parse_vlan_list
 from greentap.core.vxlan import MAX_VNI, VXLAN_PORT
 from greentap.errors import EndpointSyntaxError
 
 __all__ = ["OPTIONS", "SYNTAX", "EndpointSpec", "identity", "parse_endpoint", "parse_hostport"]
 
 _POLICING = frozenset({"rate", "burst"})  # an ingress rate limit, on every port that reads
+_VLANS = frozenset({"vlan", "trunk", "native"})  # 802.1Q: an access port or a trunk
 #: Options each endpoint kind accepts in its ``?key=value`` part.
 OPTIONS: dict[str, frozenset[str]] = {
-    "tap": frozenset({"netns"}) | _POLICING,
-    "vxlan": frozenset({"vni", "remote", "local", "srcport"}) | _POLICING,
-    "udp": frozenset({"local", "mtu"}) | _POLICING,
+    "tap": frozenset({"netns"}) | _POLICING | _VLANS,
+    "vxlan": frozenset({"vni", "remote", "local", "srcport"}) | _POLICING | _VLANS,
+    "udp": frozenset({"local", "mtu"}) | _POLICING | _VLANS,
     "pcap": frozenset({"snaplen", "rotate", "keep"}),
-    "fd": _POLICING,
-    "packet": frozenset({"netns", "qdisc"}) | _POLICING,
-    "unix": frozenset({"listen", "mode", "group", "max"}) | _POLICING,
-    "tcp": frozenset({"listen", "max"}) | _POLICING,
+    "fd": _POLICING | _VLANS,
+    "packet": frozenset({"netns", "qdisc"}) | _POLICING | _VLANS,
+    "unix": frozenset({"listen", "mode", "group", "max"}) | _POLICING | _VLANS,
+    "tcp": frozenset({"listen", "max"}) | _POLICING | _VLANS,
 }
 #: Options that may be given more than once.
 REPEATABLE = frozenset({"remote"})
@@ -54,7 +56,7 @@ SYNTAX = (
     "pcap:PATH|-[?snaplen=N&rotate=SIZE&keep=N], packet:IFNAME[?netns=NS&qdisc=bypass|use] "
     "fd:N, unix:PATH[?listen[&mode=0660&group=G&max=N]] or "
     "tcp://HOST:PORT[?listen[&max=N]]; "
-    "any but pcap also takes [&]rate=PPS[&burst=N]"
+    "any but pcap also takes [&]rate=PPS[&burst=N] and [&]vlan=N or [&]trunk=LIST[&native=N]"
 )
 MAX_RATE = 1e9  # frames per second: far beyond any link, short of nonsense
 MAX_FD = (1 << 31) - 1
@@ -190,8 +192,8 @@ def _number(text: str, key: str, value: str, parse: Callable[[str], Any]) -> Any
 
 
 def _policing(options: dict[str, Any], text: str) -> dict[str, Any]:
-    """Take ``rate`` and ``burst`` out of ``options`` as numbers."""
-    parsed = {}
+    """Take ``rate``, ``burst`` and ``vlan``, ``trunk``, ``native`` out of ``options``."""
+    parsed = _vlans(options, text)
     if "rate" in options:
         parsed["rate"] = _number(
             text, "rate", options.pop("rate"),
@@ -203,6 +205,24 @@ def _policing(options: dict[str, Any], text: str) -> dict[str, Any]:
         parsed["burst"] = _number(
             text, "burst", options.pop("burst"), lambda v: parse_decimal(v, 1, MAX_RATE)
         )
+    return parsed
+
+
+def _vlans(options: dict[str, Any], text: str) -> dict[str, Any]:
+    """``vlan=N`` (an access port), or ``trunk=N,M,A-B`` with ``native=N`` (a trunk)."""
+    parsed: dict[str, Any] = {}
+    if "vlan" in options:
+        if "trunk" in options or "native" in options:
+            raise _error(text, "vlan= makes an access port: no trunk= or native= with it")
+        parsed["vlan"] = _number(text, "vlan", options.pop("vlan"),
+                                 lambda v: parse_int(v, 1, MAX_VID))  # fmt: skip
+    if "native" in options and "trunk" not in options:
+        raise _error(text, "native= needs trunk=")
+    if "trunk" in options:
+        parsed["trunk"] = _number(text, "trunk", options.pop("trunk"), parse_vlan_list)
+    if "native" in options:
+        parsed["native"] = _number(text, "native", options.pop("native"),
+                                   lambda v: parse_int(v, 1, MAX_VID))  # fmt: skip
     return parsed
 
 

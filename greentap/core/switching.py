@@ -15,6 +15,7 @@ is deterministic under test.
 from __future__ import annotations
 
 from greentap.core.kernel_constants import ETH_ALEN, ETH_HLEN
+from greentap.core.vlan import VlanPolicy
 
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_ENTRIES = 8192
@@ -160,18 +161,72 @@ class LearningSwitch:
         self._active = set(range(nports))
         self._nports = nports
         self._flood: dict[int, tuple[int, ...]] = {}
+        self.policies: dict[int, VlanPolicy] = {}  # by port; absent: transparent
+        self._vlan_flood: dict[tuple[int, int], tuple[int, ...]] = {}
         self._rebuild()
         self.runts = self.filtered = self.flooded = 0
+        self.vlan_frames: dict[int, int] = {}  # frames switched per VLAN
+
+    @property
+    def vlans(self) -> bool:
+        """Whether any port is an access port or a trunk (frames are switched per VLAN)."""
+        return any(not p.transparent for p in self.policies.values())
+
+    def set_policy(self, port: int, policy: VlanPolicy | None) -> None:
+        """Make ``port`` an access port or a trunk (None: transparent)."""
+        if policy is None or policy.transparent:
+            self.policies.pop(port, None)
+        else:
+            self.policies[port] = policy
+        self._rebuild()
 
     def _rebuild(self) -> None:
         ports = sorted(self._active)
         self._flood = {i: tuple(p for p in ports if p != i) for i in range(self._nports)}
+        self._vlan_flood = {}  # filled as VLANs are seen
 
     def remove_port(self, port: int) -> None:
         """Stop sending to ``port`` (it failed) and forget what was learned on it."""
         self._active.discard(port)
         self._rebuild()
         self.table.forget_port(port)
+
+    def decide_vlan(
+        self, ingress: int, frame: bytes | bytearray | memoryview, vlan: int, now: float
+    ) -> tuple[int, ...]:
+        """:meth:`decide` within one VLAN: learning per VLAN, floods to its members only.
+
+        Args:
+            vlan: the VLAN the frame belongs to (see :class:`~greentap.core.vlan.VlanPolicy`).
+
+        Returns:
+            The egress ports; the caller tags or untags for each.
+        """
+        if len(frame) < ETH_HLEN:
+            self.runts += 1
+            return ()
+        self.vlan_frames[vlan] = self.vlan_frames.get(vlan, 0) + 1
+        key = vlan.to_bytes(2, "big")
+        src = bytes(frame[ETH_ALEN : 2 * ETH_ALEN])
+        if not src[0] & 1:
+            self.table.learn(key + src, ingress, now)
+        if not frame[0] & 1:
+            port = self.table.lookup(key + bytes(frame[:ETH_ALEN]), now)
+            if port == ingress:
+                self.filtered += 1
+                return ()
+            if port is not None and port in self._active and self._member(port, vlan):
+                return (port,)
+        self.flooded += 1
+        flood = self._vlan_flood.get((ingress, vlan))
+        if flood is None:
+            flood = tuple(p for p in self._flood[ingress] if self._member(p, vlan))
+            self._vlan_flood[ingress, vlan] = flood
+        return flood
+
+    def _member(self, port: int, vlan: int) -> bool:
+        policy = self.policies.get(port)
+        return policy.member(vlan) if policy is not None else True
 
     def add_port(self, port: int) -> None:
         """Send to ``port`` (again: it came back; or for the first time: it joined).

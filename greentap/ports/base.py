@@ -18,6 +18,7 @@ from typing import Any
 
 from greentap.core.counters import DeviceCounters
 from greentap.core.ratelimit import TokenBucket
+from greentap.core.vlan import VlanPolicy, format_vlan_list
 from greentap.errors import GreentapError
 from greentap.green import relay
 from greentap.green.polled import PolledTap
@@ -43,6 +44,8 @@ class Port:
             that have reasons to tell.
         policer: a :class:`~greentap.core.ratelimit.TokenBucket` limiting the
             frames read from this port (``?rate=PPS``), or None.
+        vlan: a :class:`~greentap.core.vlan.VlanPolicy` (an access port or a
+            trunk), or None: VLAN-transparent.
         recoverable: the port may come back after failing (see :meth:`check`).
         sink: what the wire's relay may write to directly, one frame per
             ``write`` (a :class:`~greentap.green.relay.Sink`), or None.
@@ -59,6 +62,7 @@ class Port:
     header_size = 0
     drops: Mapping[str, int] = types.MappingProxyType({})  # ports that count drops replace it
     policer: TokenBucket | None = None
+    vlan: VlanPolicy | None = None
     recoverable = False
     sink: Any = None
     notify: Any = staticmethod(_ignore)
@@ -116,6 +120,13 @@ class Port:
         info: dict[str, Any] = {"endpoint": self.name, "kind": self.kind}
         if self.policer is not None:
             info.update(rate=self.policer.rate, burst=self.policer.burst)
+        vlan = self.vlan
+        if vlan is not None and vlan.access is not None:
+            info["vlan"] = vlan.access
+        elif vlan is not None:
+            info["trunk"] = format_vlan_list(vlan.allowed)
+            if vlan.native is not None:
+                info["native"] = vlan.native
         return info
 
     def __repr__(self) -> str:

@@ -190,6 +190,7 @@ class StreamListener(Port):
             rate, burst = self._rate
             if rate is not None:
                 conn.policer = TokenBucket(rate, burst)
+            conn.vlan = self.vlan  # every VM on it in the listener's VLAN (or trunk)
             conn.departed = self._departed
             conn.origin = self  # removing the listener removes its connections
             return conn

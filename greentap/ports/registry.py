@@ -15,10 +15,11 @@ from typing import Any
 
 from greentap.core.endpoints import EndpointSpec
 from greentap.core.ratelimit import TokenBucket
+from greentap.core.vlan import VlanPolicy
 from greentap.errors import EndpointSyntaxError
 from greentap.ports.base import Port
 
-__all__ = ["OpenOptions", "kinds", "open_port", "open_ports", "register"]
+__all__ = ["OpenOptions", "kinds", "open_port", "open_ports", "register", "vlan_policy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,16 @@ def open_port(
     rate = spec.options.get("rate")
     if rate is not None:
         port.policer = TokenBucket(rate, spec.options.get("burst"))
+    port.vlan = vlan_policy(spec)
     return port
+
+
+def vlan_policy(spec: EndpointSpec) -> VlanPolicy | None:
+    """The access port or trunk an endpoint's ``vlan=``/``trunk=``/``native=`` ask for."""
+    options = spec.options
+    if "vlan" not in options and "trunk" not in options:
+        return None
+    return VlanPolicy(options.get("vlan"), options.get("trunk", frozenset()), options.get("native"))
 
 
 def open_ports(specs: Iterable[EndpointSpec], **options: Any) -> list[Port]:

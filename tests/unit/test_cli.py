@@ -73,7 +73,7 @@ def test_a_config_file_error_is_one_line_naming_file_line_and_key(tmp_path):
     assert out.returncode == exits.EXIT_USAGE
     assert out.stderr.splitlines() == [
         f"tap-forward: error: {path}:5: endpoint 'a', key 'vni': unknown key for a tap "
-        "endpoint (known: burst, device, netns, rate)"
+        "endpoint (known: burst, device, native, netns, rate, trunk, vlan)"
     ]
     path.write_text("mtu = 1\n")
     out = tap_forward("--config", str(path), "--mtu", "1500", "a", "b")
