@@ -292,6 +292,8 @@ def _query_item(key: str, value: Any, error: Any) -> list[str]:
         if not isinstance(value, bool):
             raise error(f"expected true or false, not {_kind_of(value)}", key)
         return [key] if value else []
+    if key == "trunk" and isinstance(value, int) and not isinstance(value, bool):
+        value = [value]  # trunk = 10
     if key == "trunk" and isinstance(value, list):  # trunk = [10, 20] as well as "10,20-30"
         if not value or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096 for v in value

@@ -48,8 +48,11 @@ def drop_reasons(port: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
     drops = port.get("drops") or {}
     rx = {k[3:]: v for k, v in drops.items() if k.startswith("rx_")}
     tx = {k[3:]: v for k, v in drops.items() if k.startswith("tx_")}
-    # Policed frames are not errors; every other named rx reason is counted in rx_errors.
-    unexplained = port["rx_errors"] - sum(v for k, v in rx.items() if k != "rate_limited")
+    # Policed frames and VLAN drops are not errors; every other named rx reason is
+    # counted in rx_errors.
+    unexplained = port["rx_errors"] - sum(
+        v for k, v in rx.items() if k != "rate_limited" and not k.startswith("vlan_")
+    )
     if unexplained > 0:
         rx["invalid"] = unexplained
     if not tx:

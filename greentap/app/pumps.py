@@ -15,7 +15,7 @@ from typing import Any
 
 from greentap.core.kernel_constants import ETH_HLEN
 from greentap.core.switching import LearningSwitch
-from greentap.core.vlan import VlanPolicy, frame_vid, pop_tag, push_tag
+from greentap.core.vlan import CUT_TAG, VlanPolicy, pop_tag, push_tag, set_vid, tag_of
 from greentap.errors import FrameRejected, GreentapError
 from greentap.ports.base import Port
 
@@ -145,10 +145,12 @@ def _switch_vlans(
         frame = view[:n]
         for mirror in mirrors:
             mirror(frame)
-        if n - header < ETH_HLEN:
+        found = tag_of(frame, header)
+        if found == CUT_TAG or n - header < ETH_HLEN:
             counters.rx_errors += 1
+            decision.runts += 1
             continue
-        tag = frame_vid(frame, header)
+        tag = found if found > 0 else None  # a priority tag (0) is untagged
         vlan, reason = mine.ingress(tag)
         if vlan is None:
             drops[reason] += 1  # type: ignore[index]
@@ -157,8 +159,9 @@ def _switch_vlans(
         untagged: Any = frame if tag is None else None
         for out in decide(index, view[header:n], vlan, now()):
             if policies.get(out, _TRANSPARENT).egress(vlan):
-                if tagged is None:
-                    tagged = push_tag(frame, header, vlan)
+                if tagged is None:  # a priority tag gets the VLAN id: never two tags
+                    tagged = set_vid(frame, header, vlan) if found == 0 else push_tag(
+                        frame, header, vlan)  # fmt: skip
                 form = tagged
             else:
                 if untagged is None:

@@ -26,6 +26,8 @@ __all__ = [
     "VlanPolicy",
     "format_vlan_list",
     "frame_vid",
+    "set_vid",
+    "tag_of",
     "parse_vlan_list",
     "pop_tag",
     "push_tag",
@@ -34,6 +36,8 @@ __all__ = [
 TPID = 0x8100  # IEEE 802.1Q
 MAX_VID = 4094  # 0 and 4095 are reserved
 UNTAGGED = 0  # the VLAN of an untagged frame on a transparent port
+NO_TAG = -1  # tag_of(): no 802.1Q tag
+CUT_TAG = -2  # tag_of(): the 802.1Q type, but the frame ends before the tag does
 TAG_LEN = 4
 _MAC_PAIR = 12  # the tag goes after the destination and source addresses
 _VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -82,14 +86,36 @@ def _vid(text: str) -> int:
     return int(text)
 
 
+def tag_of(frame: bytes | bytearray | memoryview, at: int) -> int:
+    """What tag the frame at ``at`` (after any vnet header) carries.
+
+    Returns:
+        :data:`NO_TAG`, :data:`CUT_TAG` (an 802.1Q type with no room for the
+        tag after it: a runt), or the tag's VLAN id (0 for a priority tag).
+    """
+    if len(frame) - at < ETH_HLEN or frame[at + 12] != 0x81 or frame[at + 13] != 0:
+        return NO_TAG
+    if len(frame) - at < ETH_HLEN + TAG_LEN:
+        return CUT_TAG
+    return ((frame[at + 14] << 8) | frame[at + 15]) & 0x0FFF
+
+
 def frame_vid(frame: bytes | bytearray | memoryview, at: int) -> int | None:
     """The VLAN id of the frame at ``at`` (after any vnet header), or None if untagged.
 
     A priority tag (VLAN id 0) counts as untagged, as 802.1Q says; it stays in the frame.
     """
-    if len(frame) - at >= ETH_HLEN + TAG_LEN and frame[at + 12] == 0x81 and frame[at + 13] == 0:
-        return (((frame[at + 14] << 8) | frame[at + 15]) & 0x0FFF) or None
-    return None
+    tag = tag_of(frame, at)
+    return tag if tag > 0 else None
+
+
+def set_vid(frame: bytes | bytearray | memoryview, at: int, vid: int) -> bytearray:
+    """A copy of a frame with a tag (a priority tag) whose VLAN id is now ``vid``
+    (its priority kept)."""
+    out = bytearray(frame)
+    tci = (out[at + 14] << 8 | out[at + 15]) & 0xF000 | vid
+    out[at + 14 : at + 16] = tci.to_bytes(2, "big")
+    return out
 
 
 def push_tag(frame: bytes | bytearray | memoryview, at: int, vid: int) -> bytearray:
@@ -120,10 +146,11 @@ def pop_tag(frame: bytes | bytearray | memoryview, at: int) -> bytearray:
 def _shift(frame: bytearray, by: int) -> None:
     """Move the vnet header's offsets into the frame by ``by`` bytes (a tag came or went)."""
     flags, gso_type, hdr_len, gso_size, start, offset = _VNET.unpack_from(frame)
+    # Clamped: a header whose offsets make no sense (a peer's) is carried, not fatal.
     if flags & _NEEDS_CSUM:
-        start += by
+        start = min(max(start + by, 0), 0xFFFF)
     if gso_type != _GSO_NONE:
-        hdr_len += by
+        hdr_len = min(max(hdr_len + by, 0), 0xFFFF)
     _VNET.pack_into(frame, 0, flags, gso_type, hdr_len, gso_size, start, offset)
 
 

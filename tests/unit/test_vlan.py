@@ -262,3 +262,40 @@ def test_an_access_port_joining_a_running_switch_is_kept_to_its_vlan():
         fwd.stop()
         for _, b in pairs:
             b.close()
+
+
+def test_priority_tags_get_a_vlan_id_and_cut_tags_are_runts(rig):
+    """A priority-tagged frame (VLAN id 0, priority 5) into access port 10 leaves the
+    trunk with one tag, VLAN 10, priority kept; a 17-byte frame whose tag is cut short is
+    a runt (rx_errors, the switch's runts), forwarded nowhere."""
+    prio = BCAST + A + struct.pack("!HH", 0x8100, 5 << 13) + frame(BCAST, A, 7)[12:]
+    rig.send(0, prio)
+    seen = rig.seen()
+    expected = BCAST + A + struct.pack("!HH", 0x8100, 5 << 13 | 10) + frame(BCAST, A, 7)[12:]
+    assert seen[2] == [expected] and seen[1] == []
+    rig.send(0, BCAST + A + b"\x81\x00\x00")
+    assert rig.seen() == [[], [], [], []]
+    assert rig.ports[0].counters.rx_errors == 1 and rig.fwd.switch.runts == 1
+    assert rig.ports[0].drops["rx_vlan_tagged_on_access"] == 0
+
+
+def test_a_vnet_header_with_senseless_offsets_is_carried_not_fatal():
+    """Popping a tag from a frame whose vnet header says hdr_len 0 (GSO) and csum_start 0
+    (NEEDS_CSUM) clamps the offsets at 0 instead of raising; pushing one onto offsets of
+    65534 clamps them at 65535."""
+    high = VNET.pack(1, 1, 65534, 1448, 65534, 16) + A + B + bytes(50)
+    _, _, hdr_len, _, csum_start, _ = VNET.unpack_from(push_tag(high, 10, 5))
+    assert (hdr_len, csum_start) == (65535, 65535)
+    bad = VNET.pack(1, 1, 0, 1448, 0, 16) + A + B + struct.pack("!HH", 0x8100, 5) + bytes(50)
+    _, _, hdr_len, _, csum_start, _ = VNET.unpack_from(pop_tag(bad, 10))
+    assert (hdr_len, csum_start) == (0, 0)
+
+
+def test_vlan_drops_are_not_counted_as_invalid_frames_in_metrics():
+    """greentap_rx_dropped by reason: VLAN drops beside real runts do not hide the runts
+    (rx_errors counts only the runts)."""
+    from greentap.app.metrics import drop_reasons
+
+    rx, _ = drop_reasons({"rx_errors": 3, "tx_dropped": 0, "tx_link_down": 0, "tx_errors": 0,
+                          "drops": {"rx_vlan_tagged_on_access": 4}})  # fmt: skip
+    assert rx == {"vlan_tagged_on_access": 4, "invalid": 3}
