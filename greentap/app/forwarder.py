@@ -222,8 +222,9 @@ class Forwarder(Service):
             return
         self._mode, mode = shape, shape[0]
         loop, why = self.relay_loop()
-        self.log.info("mode_changed", mode=mode, loop=loop, ports=self.topology.count,
-                      **({"loop_reason": why} if why else {}))  # fmt: skip
+        why_field = {"loop_reason": why} if why else {}
+        self.log.info("mode_changed", mode=mode, vlans=shape[1], loop=loop,
+                      ports=self.topology.count, **why_field)  # fmt: skip
         self.rewire()
 
     def rewire(self) -> None:

@@ -19,7 +19,8 @@ Metrics, all labelled ``endpoint`` and ``kind``::
 
 and for the switch ``greentap_mac_table_entries``, ``greentap_mac_table_max_entries``,
 ``greentap_mac_table_refused_total``, ``greentap_mac_table_learned_total``,
-``greentap_frames_flooded_total``; plus ``greentap_info`` and the standard
+``greentap_frames_flooded_total`` and, with VLAN ports,
+``greentap_vlan_frames_total{vlan=...}``; plus ``greentap_info`` and the standard
 ``process_*`` and ``python_info`` metrics.
 """
 
@@ -130,6 +131,15 @@ class ForwarderCollector:
                 "greentap_frames_flooded", "Frames flooded to every other endpoint.",
                 value=switch["flooded"],
             )  # fmt: skip
+            vlans = switch.get("vlans")
+            if vlans is not None:
+                per_vlan = CounterMetricFamily(
+                    "greentap_vlan_frames", "Frames switched within each 802.1Q VLAN.",
+                    labels=["vlan"],
+                )  # fmt: skip
+                for vlan, frames in vlans.items():
+                    per_vlan.add_metric([str(vlan)], frames)
+                yield per_vlan
         info = GaugeMetricFamily(
             "greentap_info", "greentap version and forwarding mode.", labels=["version", "mode"]
         )

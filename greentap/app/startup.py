@@ -196,9 +196,6 @@ def plan(options: Options) -> Plan:
     if options.user is not None:
         resolve(options.user, options.group)  # an unknown user fails before anything opens
     offload = offload_policy(specs, options.offload)
-    if options.workers > 1 and any("vlan" in s.options or "trunk" in s.options for s in specs):
-        raise UsageError("--workers with VLAN ports (vlan=, trunk=) is not supported yet: "
-                         "run one process")  # fmt: skip
     if options.workers > 1 and {spec.kind for spec in specs} != {"tap"}:
         raise UsageError(
             "--workers needs every endpoint to be a TAP (tap:NAME or NAME): "

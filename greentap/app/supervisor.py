@@ -45,6 +45,7 @@ from greentap.app.exits import EXIT_BUSY, EXIT_PERMISSION, EXIT_SYSTEM, EXIT_USA
 from greentap.app.service import Service
 from greentap.core.counters import DeviceCounters
 from greentap.core.endpoints import EndpointSpec
+from greentap.core.vlan import format_vlan_list
 from greentap.device.link import LinkState
 from greentap.device.tun import TapDevice
 from greentap.ports.tap import put_back
@@ -94,6 +95,17 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _vlan_options(spec: EndpointSpec) -> list[str]:
+    """The endpoint's ``vlan=``, ``trunk=`` and ``native=``, for its queues' ``fd:`` endpoints."""
+    options = spec.options
+    out = [f"vlan={options['vlan']}"] if "vlan" in options else []
+    if "trunk" in options:
+        out.append(f"trunk={format_vlan_list(options['trunk'])}")
+    if "native" in options:
+        out.append(f"native={options['native']}")
+    return out
+
+
 def _without_gauges(snap: dict[str, Any]) -> dict[str, Any]:
     """A dead worker's final counters, minus what only describes its present."""
     snap = json.loads(json.dumps(snap))
@@ -140,6 +152,7 @@ class Supervisor(Service):
         self.queues: list[list[TapDevice]] = []  # per endpoint: queue 0 .. N-1
         self._found: list[LinkState | None] = []  # per endpoint: how a device found was
         self._policers = [(spec.options.get("rate"), spec.options.get("burst")) for spec in specs]
+        self._vlans = [_vlan_options(spec) for spec in specs]  # each worker's ports get them
         self._latest: list[dict[str, Any] | None] = [None] * workers  # each worker's last report
         self._retired: dict[str, Any] | None = None  # counters of workers that died, added up
         self._procs: list[Any] = [None] * workers
@@ -208,15 +221,16 @@ class Supervisor(Service):
 
     def _worker_config(self, index: int, report_fd: int) -> dict[str, Any]:
         endpoints = []
-        for queues, (rate, burst) in zip(self.queues, self._policers, strict=True):
-            text = f"fd:{queues[index].fileno()}"
+        for queues, (rate, burst), vlans in zip(self.queues, self._policers, self._vlans,
+                                                strict=True):  # fmt: skip
+            options = list(vlans)
             if rate is not None:
                 # Each worker polices its share; the kernel spreads flows, not frames.
-                share = {"rate": rate / self.workers}
+                options.append(f"rate={rate / self.workers!r}")
                 if burst is not None:
-                    share["burst"] = max(1.0, burst / self.workers)
-                text += "?" + "&".join(f"{k}={v!r}" for k, v in share.items())
-            endpoints.append(text)
+                    options.append(f"burst={max(1.0, burst / self.workers)!r}")
+            text = f"fd:{queues[index].fileno()}"
+            endpoints.append(text + ("?" + "&".join(options) if options else ""))
         return {**self.worker_config, "index": index, "report_fd": report_fd,
                 "endpoints": endpoints}  # fmt: skip
 

@@ -250,3 +250,24 @@ def test_a_rate_limit_is_shared_among_the_workers(make_netns, forwarders):
     policed = sorted((e["worker"], e["rate"], e["burst"]) for e in opened if "rate" in e)
     assert policed == [(0, 500.0, 50.0), (1, 500.0, 50.0)]
     assert tf.terminate(timeout=8)[0] == 0
+
+
+def test_vlan_ports_keep_their_vlans_in_every_worker(make_netns, forwarders):
+    """--workers 2 with access ports of VLANs 10, 10 and 20: every worker's queue of each
+    TAP is the same access port (its endpoint_opened line says so); hosts of VLAN 10
+    ping each other, the host of VLAN 20 reaches neither."""
+    a, b, c = hosts(make_netns, 3)
+    tf = forwarders("--stats", "0", "--workers", "2", f"{a.endpoint}&vlan=10",
+                    f"{b.endpoint}&vlan=10", f"{c.endpoint}&vlan=20")  # fmt: skip
+    for i in (0, 1):
+        tf.wait_for("forwarding", worker=i)
+    opened = [e for e in tf.events() if e.get("event") == "endpoint_opened" and "worker" in e]
+    assert sorted(e.get("vlan") for e in opened) == [10, 10, 10, 10, 20, 20]
+    for h in (a, b, c):
+        h.configure()
+    ok = a.ping(b, count=3)
+    assert ok.returncode == 0 and " 0% packet loss" in ok.stdout, ok.stdout
+    for src, dst in ((a, c), (c, b)):
+        out = src.ping(dst, count=2)
+        assert out.returncode != 0 and "100% packet loss" in out.stdout
+    assert tf.terminate(timeout=8)[0] == 0

@@ -299,3 +299,41 @@ def test_vlan_drops_are_not_counted_as_invalid_frames_in_metrics():
     rx, _ = drop_reasons({"rx_errors": 3, "tx_dropped": 0, "tx_link_down": 0, "tx_errors": 0,
                           "drops": {"rx_vlan_tagged_on_access": 4}})  # fmt: skip
     assert rx == {"vlan_tagged_on_access": 4, "invalid": 3}
+
+
+def test_metrics_carry_frames_per_vlan_and_vlan_drops(rig):
+    """--metrics: greentap_vlan_frames_total per VLAN, and a tagged frame into an access
+    port under greentap_rx_dropped_total{reason="vlan_tagged_on_access"}."""
+    import prometheus_client
+
+    from greentap.app.metrics import make_registry
+
+    rig.send(0, frame(BCAST, A, 1))
+    rig.send(1, frame(BCAST, B, 2))
+    rig.send(1, frame(BCAST, B, 3))
+    rig.send(0, frame(BCAST, A, 4, vid=20))
+    rig.seen()
+    text = prometheus_client.generate_latest(make_registry(rig.fwd)).decode()
+    assert 'greentap_vlan_frames_total{vlan="10"} 1.0' in text
+    assert 'greentap_vlan_frames_total{vlan="20"} 2.0' in text
+    assert 'reason="vlan_tagged_on_access"} 1.0' in text
+
+
+def test_a_mac_flood_in_one_vlan_never_evicts_another_vlans_stations():
+    """100,000 new source addresses in VLAN 10 through a table of 4,096: the table stays at
+    4,096 (the rest refused, their frames flooded within VLAN 10), and the stations of
+    VLAN 20 learned before are all still there and still get unicast."""
+    sw = LearningSwitch(3, max_entries=4096)
+    sw.set_policy(0, VlanPolicy(allowed=frozenset({10, 20})))
+    sw.set_policy(1, VlanPolicy(access=10))
+    sw.set_policy(2, VlanPolicy(access=20))
+    stations = [bytes.fromhex(f"0200000200{i:02x}") for i in range(16)]
+    for mac in stations:
+        sw.decide_vlan(2, frame(BCAST, mac), 20, 0.0)
+    for i in range(100_000):
+        src = b"\x02\x01" + i.to_bytes(4, "big")
+        assert sw.decide_vlan(1, frame(BCAST, src), 10, 1.0) == (0,)
+    stats = sw.table.stats()
+    assert stats["size"] == 4096 and stats["refused"] == 100_000 - (4096 - 16)
+    for mac in stations:
+        assert sw.decide_vlan(0, frame(mac, A), 20, 2.0) == (2,)
