@@ -39,7 +39,7 @@ import gevent.socket
 
 from greentap.app.exits import EXIT_OK, EXIT_PERMISSION, EXIT_SYSTEM, EXIT_USAGE, exit_status
 from greentap.errors import EndpointUnavailable, GreentapError, UsageError
-from greentap.ports.listener import clear_stale
+from greentap.ports.listener import bind_private, unlink_if_ours
 
 __all__ = ["COMMANDS", "ControlServer", "ask", "request_for"]
 
@@ -86,23 +86,10 @@ class ControlServer:
         self.reload = reload or (live.reload if live is not None else None)
         self.allowed = {0, os.getuid()} | ({uid} if uid is not None else set())
         self.clients = 0
-        clear_stale(path, f"--control {path}")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old = os.umask(0o177)  # 0600 from the start: no moment others may connect
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old)
-            self._file = os.lstat(path)
-            if uid is not None:  # the --user may connect; root always can
-                os.chown(path, uid, -1, follow_symlinks=False)
-            sock.listen(16)
-        except OSError as exc:
-            sock.close()
-            raise EndpointUnavailable.from_errno(
-                exc.errno, f"cannot listen on {path}", endpoint="--control"
-            ) from exc
+        # 0600, given to the --user (who may then connect; root always can).
+        sock, self._file = bind_private(
+            path, "--control", uid=-1 if uid is None else uid, backlog=MAX_CLIENTS
+        )
         self._sock = gevent.socket.socket(fileno=sock.detach())
         self._closed = False
         self._clients = gevent.pool.Group()
@@ -127,12 +114,7 @@ class ControlServer:
         self._sock.close()
         # A request in progress (an add waiting to open) ends with the service.
         self._clients.kill(block=False)
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == (self._file.st_dev, self._file.st_ino):
-                os.unlink(self.path)
-        except OSError:
-            pass  # gone, or we no longer may (after --user): systemd's RuntimeDirectory= cleans
+        unlink_if_ours(self.path, self._file)  # after --user, RuntimeDirectory= cleans
 
     # --- one client ---------------------------------------------------------
     def _client(self, conn: Any) -> None:

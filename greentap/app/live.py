@@ -47,12 +47,14 @@ class Named:
         text: its description.
         port: the open port.
         origin: ``"file"``, ``"command line"`` or ``"control"``.
+        spec: the text parsed.
     """
 
     name: str
     text: str
     port: Port
     origin: str
+    spec: EndpointSpec
 
 
 class LiveEndpoints:
@@ -84,7 +86,7 @@ class LiveEndpoints:
         self.config_path = config_path
         self.options = options
         self.log = log
-        self.named: dict[str, Named] = {n: Named(n, t, p, o) for n, t, p, o in named}
+        self.named = {n: Named(n, t, p, o, parse_endpoint(t)) for n, t, p, o in named}
         self._file_options = dict(file_options or {})
         # A reload and a control request must not interleave (opening may wait).
         self.lock = gevent.lock.RLock()
@@ -128,7 +130,7 @@ class LiveEndpoints:
                              "a descriptor here)", endpoint=text)  # fmt: skip
         same = identity(spec)
         for item in self.named.values():
-            if identity(parse_endpoint(item.text)) == same:
+            if identity(item.spec) == same:
                 raise UsageError(f"the same endpoint as {item.name!r} is already running",
                                  endpoint=text)  # fmt: skip
         offload = self.forwarder.topology.header > 0
@@ -138,7 +140,7 @@ class LiveEndpoints:
         except BaseException:
             port.close()
             raise
-        self.named[name] = Named(name, text, port, origin)
+        self.named[name] = Named(name, text, port, origin, spec)
         self.log.info("endpoint_added", name=name, origin=origin, **port.describe())
         return {"name": name, "endpoint": text, **port.describe()}
 
@@ -207,7 +209,7 @@ class LiveEndpoints:
 
     def _retune(self, item: Named, spec: EndpointSpec, text: str) -> bool:
         """Apply a change of the rate limit alone in place; False for any other change."""
-        old = parse_endpoint(item.text)
+        old = item.spec
         policing = ("rate", "burst")
 
         def rest(s: EndpointSpec) -> tuple[Any, ...]:
@@ -218,7 +220,7 @@ class LiveEndpoints:
             return False  # a listener hands its rate to each connection it accepts
         rate = spec.options.get("rate")
         item.port.policer = TokenBucket(rate, spec.options.get("burst")) if rate else None
-        item.text = text
+        item.text, item.spec = text, spec
         self.forwarder.rewire()  # the pumps read the new policer
         self.log.info("endpoint_retuned", name=item.name, endpoint=text, rate=rate,
                       burst=spec.options.get("burst"))  # fmt: skip

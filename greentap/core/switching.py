@@ -170,7 +170,7 @@ class LearningSwitch:
     @property
     def vlans(self) -> bool:
         """Whether any port is an access port or a trunk (frames are switched per VLAN)."""
-        return any(not p.transparent for p in self.policies.values())
+        return bool(self.policies)  # set_policy() keeps only those
 
     def set_policy(self, port: int, policy: VlanPolicy | None) -> None:
         """Make ``port`` an access port or a trunk (None: transparent)."""

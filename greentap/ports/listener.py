@@ -43,7 +43,7 @@ from greentap.ports.registry import OpenOptions, register
 from greentap.ports.stream import StreamConnection
 from greentap.ports.superstream import SuperStream
 
-__all__ = ["StreamListener", "clear_stale"]
+__all__ = ["StreamListener", "bind_private", "clear_stale", "unlink_if_ours"]
 
 _BACKLOG = 128
 _REFUSAL_LOG_INTERVAL = 1.0
@@ -107,32 +107,12 @@ class StreamListener(Port):
 
     # --- binding --------------------------------------------------------------
     def _bind_unix(self, spec: EndpointSpec) -> socket.socket:
-        path = spec.name
-        gid = _group_id(spec.options["group"], spec.text) if "group" in spec.options else None
-        clear_stale(path, spec.text)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            # Created 0600 from the start (bind makes the file): no moment
-            # when others may connect.
-            old = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old)
-            st = os.stat(path)
-            self._path, self._file = path, (st.st_dev, st.st_ino)
-            if gid is not None:
-                os.chown(path, -1, gid)
-            if "mode" in spec.options or gid is not None:
-                # group= alone means the group may connect: 0660.
-                os.chmod(path, spec.options.get("mode", 0o660))
-            sock.listen(_BACKLOG)
-        except OSError as exc:
-            sock.close()
-            self._unlink()
-            raise EndpointUnavailable.from_errno(
-                exc.errno, f"cannot listen on {path}", endpoint=spec.text
-            ) from exc
+        options = spec.options
+        gid = _group_id(options["group"], spec.text) if "group" in options else -1
+        # group= alone means the group may connect: 0660.
+        mode = options.get("mode", 0o660) if "mode" in options or gid != -1 else None
+        sock, made = bind_private(spec.name, spec.text, gid=gid, mode=mode)
+        self._path, self._file = spec.name, made
         return sock
 
     def _bind_tcp(self, spec: EndpointSpec) -> socket.socket:
@@ -246,14 +226,66 @@ class StreamListener(Port):
     def _unlink(self) -> None:
         path, made = self._path, self._file
         self._path = self._file = None
-        if path is None:
-            return
+        if path is not None and made is not None:
+            unlink_if_ours(path, made)
+
+
+def bind_private(
+    path: str,
+    endpoint: str,
+    *,
+    uid: int = -1,
+    gid: int = -1,
+    mode: int | None = None,
+    backlog: int = _BACKLOG,
+) -> tuple[socket.socket, tuple[int, int]]:
+    """Listen on a unix socket file made 0600, then given to ``uid``/``gid`` and ``mode``.
+
+    A stale file is replaced (:func:`clear_stale`); the umask is 0177 while
+    bind() makes the file, so there is no moment when others may connect.
+
+    Returns:
+        The listening socket and the file's ``(st_dev, st_ino)``, for
+        :func:`unlink_if_ours`.
+
+    Raises:
+        EndpointUnavailable: the path is in use, not a socket, or cannot be made.
+    """
+    clear_stale(path, endpoint)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    made: tuple[int, int] | None = None
+    try:
+        old = os.umask(0o177)
         try:
-            st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == made:  # still ours: not one made since
-                os.unlink(path)
-        except OSError:
-            pass
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        st = os.lstat(path)
+        made = (st.st_dev, st.st_ino)
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if mode is not None:
+            os.chmod(path, mode)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if made is not None:
+            unlink_if_ours(path, made)
+        raise EndpointUnavailable.from_errno(
+            exc.errno, f"cannot listen on {path}", endpoint=endpoint
+        ) from exc
+    return sock, made
+
+
+def unlink_if_ours(path: str, made: tuple[int, int]) -> None:
+    """Remove the socket file at ``path`` if it is still the one made (same device
+    and inode), not one made since by someone else; quietly if it cannot be."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == made:
+            os.unlink(path)
+    except OSError:
+        pass  # gone, or we no longer may (after --user)
 
 
 def clear_stale(path: str, endpoint: str) -> None:
