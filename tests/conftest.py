@@ -54,6 +54,7 @@ def relay_loop(request, monkeypatch):
         monkeypatch.setattr(relay, "ring_batch", None)
         monkeypatch.setattr(relay, "_relay_batch_to_socket", None)
         monkeypatch.setattr(relay, "_relay_batch_to_udp", None)
+        monkeypatch.setattr(relay, "relay_batch_to_ring", None)
         monkeypatch.setattr(relay, "recv_datagrams", None)
         monkeypatch.setattr(relay, "write_frames", None)
         monkeypatch.setattr(streams, "gather_for_stream", streams.python_gather_for_stream)

@@ -84,12 +84,14 @@ SOL_PACKET = 263
 PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sent
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5
+PACKET_TX_RING = 13
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_VNET_HDR = 15
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
+TPACKET_V2 = 1  # the transmit ring's version: the kernel has no TPACKET_V3 transmit ring
 TPACKET_V3 = 2
 # tp_status / block_status bits.
 TP_STATUS_KERNEL = 0
@@ -100,6 +102,11 @@ TP_STATUS_CSUMNOTREADY = 1 << 3
 TP_STATUS_VLAN_VALID = 1 << 4
 TP_STATUS_VLAN_TPID_VALID = 1 << 6
 TP_STATUS_BLK_TMO = 1 << 29
+# tp_status of a transmit ring's frame.
+TP_STATUS_AVAILABLE = 0  # user space may fill it
+TP_STATUS_SEND_REQUEST = 1 << 0  # filled: the next send() takes it
+TP_STATUS_SENDING = 1 << 1  # taken, still in flight (the driver holds it)
+TP_STATUS_WRONG_FORMAT = 1 << 2  # refused as malformed: the ring stops at it
 
 # --- linux/virtio_net.h --------------------------------------------------
 VIRTIO_NET_HDR_SIZE = 10  # struct virtio_net_hdr

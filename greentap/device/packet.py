@@ -20,6 +20,13 @@ every frame that *arrives* on it and sends frames out of it.
   bursts: without the qdisc a full queue drops the frame (``ENOBUFS``).
 - ``PACKET_VNET_HDR`` on request: frames carry a virtio-net header as a
   TAP's do, so super-frames (GRO on receive, GSO on send) pass whole.
+- Beside it a second socket, bound to the interface with protocol 0 (it
+  receives nothing), carries a ``TPACKET_V2`` transmit ring
+  (:class:`TxRing`, :mod:`greentap.core.txring`): a batch of frames leaves
+  with one ``send()``.  It has a socket of its own because the kernel has no
+  ``TPACKET_V3`` transmit ring, and so that sending never wakes the reader
+  (every packet sent frees buffer space, which wakes whoever waits on its
+  socket).
 
 Opening needs ``CAP_NET_RAW``; re-binding the same socket to the interface
 when it is created again (:meth:`PacketSocket.rebind`) does not, so it
@@ -43,11 +50,12 @@ from greentap.core import ifreq, tpacket
 from greentap.core import kernel_constants as kc
 from greentap.core.names import encode_ifname
 from greentap.core.tpacket import RingCorrupt, RingGeometry, Slot
+from greentap.core.txring import TxGeometry
 from greentap.device.fd import FdHolder
 from greentap.device.netns import Netns, entered
 from greentap.errors import EndpointClosed, EndpointUnavailable, GreentapError, NotATapDevice
 
-__all__ = ["PacketSocket"]
+__all__ = ["PacketSocket", "TxRing"]
 
 _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
 _ARPHRD_NAMES = {
@@ -66,9 +74,11 @@ class PacketSocket:
         vnet_hdr: frames carry a 10-byte virtio-net header (``PACKET_VNET_HDR``).
         geometry: the receive ring's shape.
         qdisc_bypass: send straight to the driver (see the module's notes).
+        tx_geometry: the transmit ring's shape.
 
     Attributes:
         holder: the :class:`~greentap.device.fd.FdHolder` owning the socket.
+        tx: the :class:`TxRing` beside it, on a socket of its own.
         ring: the mapped ring (an ``mmap``), None once closed.
         view: a memoryview of the ring (frames are copied out of it), None once closed.
         corrupt_blocks: blocks refused by :func:`~greentap.core.tpacket.read_block`.
@@ -91,6 +101,7 @@ class PacketSocket:
         vnet_hdr: bool = False,
         geometry: RingGeometry | None = None,
         qdisc_bypass: bool = True,
+        tx_geometry: TxGeometry | None = None,
     ) -> None:
         encode_ifname(name)
         self.name = name
@@ -115,6 +126,7 @@ class PacketSocket:
             except OSError as exc:
                 raise self._error(exc, "cannot map the receive ring") from exc
             self.ifindex = self._bind(sock)
+            self.tx = TxRing(self, tx_geometry or TxGeometry(), qdisc_bypass=qdisc_bypass)
         except BaseException:
             if self.ring is not None:
                 self.ring.close()
@@ -206,7 +218,7 @@ class PacketSocket:
     def rebind(self) -> None:
         """Bind again to the interface of our name (created again after it was deleted).
 
-        Needs no privilege: the socket and its ring stay.
+        Needs no privilege: both sockets and their rings stay.
 
         Raises:
             EndpointUnavailable: no such interface (yet), or the bind failed.
@@ -216,6 +228,7 @@ class PacketSocket:
         if not isinstance(sock, _socket.socket):
             raise EndpointClosed(endpoint=self.name)
         self.ifindex = self._bind(sock)
+        self.tx.bind()
 
     def pending_error(self) -> int:
         """Read and clear the socket's pending error (``ENETDOWN`` after the link went down).
@@ -284,9 +297,77 @@ class PacketSocket:
             pass  # unmapped when the last view goes; the socket is closed below all the same
         finally:
             self.holder.close()
+            self.tx.close()
 
     def __enter__(self) -> PacketSocket:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class TxRing:
+    """A packet socket with a ``TPACKET_V2`` transmit ring, bound to the interface of a
+    :class:`PacketSocket` to send out of it.
+
+    Opened by the :class:`PacketSocket` (in its namespace, with its vnet
+    header and qdisc choices); bound with protocol 0, so it reads nothing.
+
+    Attributes:
+        holder: the :class:`~greentap.device.fd.FdHolder` owning the socket.
+        geometry: the ring's shape.
+        map: the mapped ring, None once closed.
+        cursor: ``[slot]``: the next slot to fill, which is the kernel's head
+            between batches (see :mod:`greentap.core.txring`).
+
+    Raises:
+        EndpointUnavailable: the kernel refused the ring or the bind.
+    """
+
+    def __init__(self, owner: PacketSocket, geometry: TxGeometry, *, qdisc_bypass: bool) -> None:
+        self.owner = owner
+        self.geometry = geometry
+        self.map: mmap.mmap | None = None
+        sock = owner._open_socket()
+        try:
+            owner._option(sock, kc.PACKET_VERSION, kc.TPACKET_V2, "TPACKET_V2")
+            if owner.vnet_hdr_size:
+                owner._option(sock, kc.PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
+            if qdisc_bypass:
+                owner._option(sock, kc.PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
+            owner._option(sock, kc.PACKET_TX_RING, geometry.request(), "a transmit ring")
+            try:
+                self.map = mmap.mmap(
+                    sock.fileno(), geometry.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+                )
+            except OSError as exc:
+                raise owner._error(exc, "cannot map the transmit ring") from exc
+            self._sock = sock
+            self.bind()
+        except BaseException:
+            if self.map is not None:
+                self.map.close()
+            sock.close()
+            raise
+        self.holder = FdHolder(sock, name=owner.name)
+        self.cursor = [0]
+
+    def bind(self) -> None:
+        """Bind to the interface of the owner's name (again, after it was created again).
+
+        Raises:
+            EndpointUnavailable: no such interface.
+        """
+        try:
+            self._sock.bind((self.owner.name, 0))
+        except OSError as exc:
+            raise self.owner._error(exc, "cannot bind to the interface") from exc
+
+    def close(self) -> None:
+        """Unmap the ring, then close the socket; harmless if already closed."""
+        ring, self.map = self.map, None
+        try:
+            if ring is not None:
+                ring.close()
+        finally:
+            self.holder.close()

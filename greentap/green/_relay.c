@@ -26,6 +26,9 @@
  * before use, exactly as the Python twin checks them; a block that does not
  * add up is given back unread and counted.
  *
+ * relay_batch_to_ring() sends a TAP's frames through a packet socket's
+ * transmit ring: read into its slots, one send() a batch.
+ *
  * recv_datagrams() reads a batch of UDP datagrams with one recvmmsg(), each
  * into its own slot of a buffer, with the size UDP GRO joined them at: what
  * greentap/ports/superframes.py's loop of recvmsg_into() calls does, one
@@ -310,6 +313,248 @@ relay_batch_to_socket(PyObject *self, PyObject *args)
         }
     }
     PyBuffer_Release(&buf);
+    return Py_BuildValue("(iiLLLLLLL)", end, err, c.rx, c.rx_bytes, c.tx, c.tx_bytes, c.dropped,
+                         c.link_down, c.errors);
+}
+
+/* --- to a packet socket's transmit ring ------------------------------------ *
+ *
+ * relay_batch_to_ring() is relay_batch_to_socket() for a packet socket with a
+ * TPACKET_V2 transmit ring (greentap/core/txring.py has the layout and the
+ * rule both sides keep; greentap/green/txring.py the pure-Python twin): each
+ * frame is read from the TAP straight into the next slot and the batch leaves
+ * with one send() of no data, instead of a message per frame.  A frame larger
+ * than a slot (a super-frame) is read on into `scratch` and sent whole with
+ * sendmsg() on `big_fd` (the receive socket, which has no transmit ring),
+ * after the slots filled before it, so frames leave in the order read
+ * (`scratch` holds the source's largest frame, so nothing is cut).  The
+ * slots are written by us and read back only for the kernel's verdict on each
+ * (its status and our own tp_len): nothing the network sent is parsed but a
+ * frame's vnet header, whose two first fields are read from within the frame.
+ */
+
+#define TX_DATA 32 /* TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where a slot's frame starts */
+#define TX_LEN 4   /* offset of tp_len */
+#define TX_LINEAR 128
+#define VNET_HLEN 10
+#define VNET_HDR_LEN 2 /* offset of hdr_len in struct virtio_net_hdr */
+enum { TX_AVAILABLE = 0, TX_SEND_REQUEST = 1, TX_WRONG_FORMAT = 4 };
+
+struct tx_ring {
+    unsigned char *base;
+    size_t frame_size;
+    long count;
+};
+
+static unsigned char *
+tx_slot(const struct tx_ring *r, long i)
+{
+    return r->base + (size_t)(i % r->count) * r->frame_size;
+}
+
+/* The status word is shared with the kernel: read and written atomically, in order. */
+static uint32_t
+tx_status(const unsigned char *slot)
+{
+    return __atomic_load_n((const uint32_t *)slot, __ATOMIC_ACQUIRE);
+}
+
+static void
+tx_set_status(unsigned char *slot, uint32_t status)
+{
+    __atomic_store_n((uint32_t *)slot, status, __ATOMIC_RELEASE);
+}
+
+static uint32_t
+tx_len(const unsigned char *slot)
+{
+    uint32_t n;
+    memcpy(&n, slot + TX_LEN, sizeof n);
+    return n;
+}
+
+/* greentap.core.txring.hint_linear(): a small frame that is not a super-frame
+ * is copied whole into the packet's head (hdr_len raised to its length, up to
+ * TX_LINEAR), so the receiving stack need not pull its headers out of the
+ * ring's pages. */
+static void
+tx_hint_linear(unsigned char *frame, size_t n)
+{
+    if (n <= VNET_HLEN || frame[1] != 0)
+        return;
+    uint16_t want = (uint16_t)(n - VNET_HLEN > TX_LINEAR ? TX_LINEAR : n - VNET_HLEN), have;
+    memcpy(&have, frame + VNET_HDR_LEN, sizeof have);
+    if (have < want)
+        memcpy(frame + VNET_HDR_LEN, &want, sizeof want);
+}
+
+/* Hand the k slots filled from *head to the kernel: send() until each was
+ * taken, or dropped by its verdict.  A slot the kernel stopped at (it stays
+ * SEND_REQUEST, or WRONG_FORMAT) gets the verdict of send()'s errno (none:
+ * no room in the socket's send buffer, ENOBUFS; or a malformed frame,
+ * EINVAL).  RETRY sends again; one frame REFUSED (or UNREACHABLE) is counted
+ * and the frames after it move down a slot and go again; BACKPRESSURE and
+ * LINK_DOWN drop it and the rest (the queue is full, the link down), FAILED
+ * too, returning -1 with *err set (the frame it hit is the caller's to count,
+ * the rest are errors).  Slots given back are AVAILABLE again and *head ends
+ * at the kernel's head: the next slot to fill. */
+static int
+flush_ring(int fd, const struct tx_ring *r, long *head, int k, struct counts *c, int *err)
+{
+    long first = *head;
+    int p = 0, tries = 0, rc = 0;
+    while (p < k) {
+        int e = send(fd, NULL, 0, MSG_DONTWAIT) < 0 ? errno : 0;
+        for (; p < k; p++) {
+            const unsigned char *s = tx_slot(r, first + p);
+            uint32_t status = tx_status(s);
+            if (status == TX_SEND_REQUEST || status == TX_WRONG_FORMAT)
+                break;
+            c->tx++;
+            c->tx_bytes += tx_len(s);
+        }
+        if (p == k)
+            break;
+        unsigned char *stuck = tx_slot(r, first + p);
+        if (e == 0)
+            e = tx_status(stuck) == TX_WRONG_FORMAT ? EINVAL : ENOBUFS;
+        int verdict = verdict_of(e);
+        if (verdict == V_RETRY && tries++ < k)
+            continue;
+        if (verdict == V_REFUSED || verdict == V_UNREACHABLE) {
+            c->errors++;
+            for (int q = p + 1; q < k; q++) {
+                unsigned char *to = tx_slot(r, first + q - 1);
+                const unsigned char *from = tx_slot(r, first + q);
+                uint32_t n = tx_len(from);
+                memcpy(to + TX_LEN, &n, sizeof n);
+                memcpy(to + TX_DATA, from + TX_DATA, n);
+                tx_set_status(to, TX_SEND_REQUEST);
+            }
+            tx_set_status(tx_slot(r, first + k - 1), TX_AVAILABLE);
+            k--;
+            continue;
+        }
+        int rest = k - p;
+        for (int q = p; q < k; q++)
+            tx_set_status(tx_slot(r, first + q), TX_AVAILABLE);
+        if (verdict == V_LINK_DOWN) {
+            c->link_down += rest;
+        } else if (verdict == V_FAILED) {
+            *err = e;
+            c->errors += rest - 1;
+            rc = -1;
+        } else {
+            c->dropped += rest; /* BACKPRESSURE, or a RETRY that never ended */
+        }
+        k = p;
+    }
+    *head = (first + k) % r->count;
+    return rc;
+}
+
+static PyObject *
+relay_batch_to_ring(PyObject *self, PyObject *args)
+{
+    int in_fd, ring_fd, big_fd, budget;
+    Py_ssize_t frame_size;
+    Py_buffer ring, scratch;
+    PyObject *cursor;
+    if (!PyArg_ParseTuple(args, "iiiw*nO!w*i", &in_fd, &ring_fd, &big_fd, &ring, &frame_size,
+                          &PyList_Type, &cursor, &scratch, &budget))
+        return NULL;
+    long head = -1;
+    if (PyList_GET_SIZE(cursor) == 1)
+        head = PyLong_AsLong(PyList_GET_ITEM(cursor, 0));
+    if (frame_size < TX_DATA + VNET_HLEN + 14 || frame_size % 16 || ring.len < frame_size ||
+        ring.len % frame_size || head < 0 || head >= ring.len / frame_size) {
+        PyBuffer_Release(&ring);
+        PyBuffer_Release(&scratch);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a ring of whole slots and a cursor [slot] within it");
+        return NULL;
+    }
+    struct tx_ring r = {ring.buf, (size_t)frame_size, (long)(ring.len / frame_size)};
+    const size_t room = (size_t)frame_size - TX_DATA;
+    struct counts c = {0};
+    int end = END_BUDGET, err = 0, k = 0;
+
+    for (int i = 0; i < budget; i++) {
+        if (k == r.count) { /* every slot filled: they leave before the next is read */
+            int failed = flush_ring(ring_fd, &r, &head, k, &c, &err);
+            k = 0;
+            if (failed < 0) {
+                end = END_WRITE_ERROR;
+                break;
+            }
+        }
+        unsigned char *slot = tx_slot(&r, head + k);
+        /* No free slot (every one filled, or still held by the driver: a full
+         * queue): the frame is read all the same, and dropped. */
+        int free = tx_status(slot) == TX_AVAILABLE;
+        struct iovec parts[2] = {{slot + TX_DATA, room}, {scratch.buf, (size_t)scratch.len}};
+        ssize_t n;
+        do {
+            n = readv(in_fd, free ? parts : parts + 1, free ? 2 : 1);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            if (n == 0) {
+                end = END_EOF;
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                end = END_WAIT;
+            } else {
+                end = END_READ_ERROR;
+                err = errno;
+            }
+            break;
+        }
+        c.rx++;
+        c.rx_bytes += n;
+        if (!free) {
+            c.dropped++;
+            continue;
+        }
+        if (ring_fd < 0) {
+            c.errors++;
+            continue;
+        }
+        if (n < VNET_HLEN + 14) { /* a runt: the kernel would refuse it (EINVAL) */
+            c.errors++;
+            continue;
+        }
+        if ((size_t)n <= room) {
+            uint32_t len = (uint32_t)n;
+            tx_hint_linear(slot + TX_DATA, (size_t)n);
+            memcpy(slot + TX_LEN, &len, sizeof len);
+            tx_set_status(slot, TX_SEND_REQUEST);
+            k++;
+            continue;
+        }
+        /* Larger than a slot: what is filled leaves first, then this frame whole. */
+        if (k && flush_ring(ring_fd, &r, &head, k, &c, &err) < 0) {
+            k = 0;
+            c.errors++; /* the frame in hand */
+            end = END_WRITE_ERROR;
+            break;
+        }
+        k = 0;
+        struct iovec whole[2] = {{slot + TX_DATA, room}, {scratch.buf, (size_t)n - room}};
+        struct mmsghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_hdr.msg_iov = whole;
+        msg.msg_hdr.msg_iovlen = 2;
+        if (flush_frames(big_fd, &msg, 1, &c, &err, NULL) < 0) {
+            end = END_WRITE_ERROR;
+            break;
+        }
+    }
+    if (k && flush_ring(ring_fd, &r, &head, k, &c, &err) < 0)
+        end = END_WRITE_ERROR; /* a write error outranks how the reads ended */
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&scratch);
+    PyObject *at = PyLong_FromLong(head);
+    if (at == NULL || PyList_SetItem(cursor, 0, at) < 0)
+        return NULL;
     return Py_BuildValue("(iiLLLLLLL)", end, err, c.rx, c.rx_bytes, c.tx, c.tx_bytes, c.dropped,
                          c.link_down, c.errors);
 }
@@ -893,6 +1138,12 @@ static PyMethodDef methods[] = {
      "relay_batch_to_socket(in_fd, out_sock, buffer, budget, max_frame) -> as relay_batch\n\n"
      "relay_batch() for a destination socket that takes one frame per datagram (a bound "
      "packet socket): the frames read are sent with sendmmsg(), up to 64 a call."},
+    {"relay_batch_to_ring", relay_batch_to_ring, METH_VARARGS,
+     "relay_batch_to_ring(in_fd, ring_fd, big_fd, ring, frame_size, cursor, scratch, budget) "
+     "-> as relay_batch\n\nrelay_batch() for a packet socket's TPACKET_V2 transmit ring: "
+     "frames read into its slots from cursor[0] on, sent with one send(); a frame larger "
+     "than a slot read on into scratch and sent alone on big_fd. cursor[0] ends at the "
+     "next slot to fill."},
     {"ring_batch", ring_batch, METH_VARARGS,
      "ring_batch(ring, block_size, block_count, cursor, out_fd, budget, header) -> (end, "
      "errno, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors, truncated, runts, "

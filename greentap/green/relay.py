@@ -74,6 +74,9 @@ recv_datagrams: Any = None
 #: A list of frames written in C (``write_frames``), or the Python twin.
 write_frames: Any = None
 _relay_batch_to_udp: Any = None
+#: A TAP's frames sent through a packet socket's transmit ring (``relay_batch_to_ring``),
+#: or None: :mod:`greentap.green.txring`'s twin runs.
+relay_batch_to_ring: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):
     LOOP_REASON = "GREENTAP_PURE_PYTHON is set"
@@ -94,6 +97,7 @@ else:
             recv_datagrams = _c.recv_datagrams
             write_frames = _c.write_frames
             _relay_batch_to_udp = _c.relay_batch_to_udp
+            relay_batch_to_ring = _c.relay_batch_to_ring
         else:  # pragma: no cover - a stale build
             LOOP_REASON = "the C extension was built from another version: rebuild it"
 #: Which relay loop runs: ``"c"`` or ``"python"``.
@@ -154,10 +158,13 @@ def relay(
         EndpointVanished, PeerGone, EndpointIOError: ``src`` failed.
     """
     relay_from = getattr(dst, "relay_from", None)
+    relay_batches = getattr(dst, "relay_batches", None)
     if relay_from is not None:
         relay_from(src, on_send_error)  # a sink with a relay of its own (a stream port's)
     elif getattr(dst, "udp_relay", None) is not None:
         _relay_udp(src, dst, on_send_error)  # only where takes() said it can
+    elif relay_batches is not None and not mirrors:
+        relay_batches(src, on_send_error)  # batches sent its own way (a transmit ring)
     elif _relay_batch is not None and not mirrors:
         _relay_c(src, dst, on_send_error)
     else:

@@ -10,8 +10,10 @@ long before it fires.  VLAN tags the kernel took out of received frames are
 put back (:func:`~greentap.core.tpacket.frame_with_tag`).  Without offloads
 what a sender on this host left to the NIC is done here: checksums finished,
 super-frames cut into segments (:func:`~greentap.core.tpacket.plain_frames`).
-Frames are sent as they are, tags included: one ``write`` each, or
-``sendmmsg`` batches from the C relay.  Frames sent out of the interface are
+Frames are sent as they are, tags included: one ``write`` each, or, from
+a TAP's relay with offloads, in batches through the interface's transmit
+ring (:meth:`PacketPort.relay_batches`: read straight into the ring's
+slots, one ``send()`` a batch).  Frames sent out of the interface are
 not read back.
 
 Faults are handled as for TAPs: the link going down and up is reported once
@@ -47,7 +49,7 @@ from greentap.errors import (
     LinkConfigFailed,
     io_error,
 )
-from greentap.green import relay
+from greentap.green import relay, txring
 from greentap.green.fdio import DEFAULT_BUDGET, GreenFd
 from greentap.green.relay import checked_fd, send_counted
 from greentap.ports.base import Port
@@ -119,7 +121,6 @@ class PacketPort(Port):
         # With offloads the wire's relay writes frames (vnet header first) to
         # the socket itself; without, each needs the header put in front.
         self.sink = self if offload else None
-        self.batch_send = True  # a socket: the C relay sends to it with sendmmsg
         self.max_frame_size = kc.MAX_L2_FRAME + self.header_size
         self._min_frame = kc.ETH_HLEN + self.header_size
         self._pending: collections.deque[bytearray] = collections.deque()  # segments to read
@@ -247,6 +248,18 @@ class PacketPort(Port):
             )  # fmt: skip
 
     # --- send ---------------------------------------------------------------
+    def relay_batches(self, src: Any, on_send_error: Callable[[GreentapError], Any]) -> None:
+        """Send every frame read from ``src`` (a TAP) through the transmit ring.
+
+        The relay of a wire into this port (:func:`greentap.green.txring.relay_to_ring`):
+        a TAP's frames with their vnet headers go as they are, a batch per ``send()``.
+
+        Raises:
+            EndpointClosed: ``src`` was closed (the normal end).
+            GreentapError: ``src`` failed.
+        """
+        txring.relay_to_ring(src, self, on_send_error)
+
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Send one frame out of the interface without blocking.
 
@@ -348,6 +361,7 @@ class PacketPort(Port):
             "netns": self.netns,
             "offload": self.offload,
             "ring_bytes": self.sock.geometry.size,
+            "tx_ring_bytes": self.sock.tx.geometry.size,
         }
 
 
