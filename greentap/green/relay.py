@@ -163,8 +163,10 @@ def relay(
         relay_from(src, on_send_error)  # a sink with a relay of its own (a stream port's)
     elif getattr(dst, "udp_relay", None) is not None:
         _relay_udp(src, dst, on_send_error)  # only where takes() said it can
-    elif relay_batches is not None and not mirrors:
-        relay_batches(src, on_send_error)  # batches sent its own way (a transmit ring)
+    elif relay_batches is not None and not mirrors and relay_batch_to_ring is not None:
+        # Batches sent its own way (a transmit ring): in C.  In Python one
+        # write per frame measured faster than filling the ring's slots.
+        relay_batches(src, on_send_error)
     elif _relay_batch is not None and not mirrors:
         _relay_c(src, dst, on_send_error)
     else:

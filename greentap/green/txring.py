@@ -2,11 +2,13 @@
 
 :func:`relay_to_ring` moves every frame read from a TAP out of an existing
 interface through its :class:`~greentap.device.packet.TxRing`: each frame
-is read straight into the ring's next slot and a batch leaves with one
-``send()``.  The batch runs in C (``relay_batch_to_ring`` in
-``greentap/green/_relay.c``) where it was built, else in
-:func:`python_batch_to_ring`, its twin: the same steps, the same counts,
-under the same tests.  The rule both keep is :mod:`greentap.core.txring`'s.
+is copied into the ring's next slot and a batch leaves with one ``send()``.
+The batch runs in C (``relay_batch_to_ring`` in ``greentap/green/_relay.c``);
+:func:`python_batch_to_ring` is its twin, the same steps and the same
+counts, under the same tests (and what runs if this relay is called where
+the C extension was not built; the pure-Python wire itself writes one frame
+at a time, which is faster in Python).  The rule both keep is
+:mod:`greentap.core.txring`'s.
 """
 
 from __future__ import annotations
@@ -75,9 +77,10 @@ def python_batch_to_ring(
     scratch: bytearray, budget: int,
 ) -> Counts:  # fmt: skip
     """The twin of the C ``relay_batch_to_ring``: up to ``budget`` frames read from
-    ``in_fd`` into the slots of ``ring`` from ``cursor[0]`` on and sent with one
-    ``send()`` on ``ring_fd``; a frame larger than a slot is read on into
-    ``scratch`` and sent alone on ``big_fd``, after the slots filled before it.
+    ``in_fd`` into ``scratch`` (it holds the largest), copied into the slots of
+    ``ring`` from ``cursor[0]`` on and sent with one ``send()`` on ``ring_fd``;
+    a frame larger than a slot is sent alone from ``scratch`` on ``big_fd``,
+    after the slots filled before it.
 
     Returns:
         ``(end, errno, rx, rx_bytes, tx, tx_bytes, dropped, link_down, errors)``
@@ -106,9 +109,8 @@ def python_batch_to_ring(
                 break
         at = (head + k) % count * frame_size
         free = _STATUS.unpack_from(view, at)[0] == kc.TP_STATUS_AVAILABLE
-        slot = view[at + DATA_OFFSET : at + frame_size]
         try:
-            n = os.readv(in_fd, [slot, scratch] if free else [scratch])
+            n = os.readv(in_fd, [scratch])
         except OSError as exc:
             end, err = _read_end(exc)
             break
@@ -123,6 +125,8 @@ def python_batch_to_ring(
             c.errors += 1
             continue
         if n <= room:
+            slot = view[at + DATA_OFFSET : at + DATA_OFFSET + n]
+            slot[:] = memoryview(scratch)[:n]
             hint_linear(slot, n)
             _LEN.pack_into(view, at + _LEN_OFFSET, n)
             _STATUS.pack_into(view, at, kc.TP_STATUS_SEND_REQUEST)
@@ -136,7 +140,7 @@ def python_batch_to_ring(
                 c.errors += 1  # the frame in hand
                 end, err = _END_WRITE_ERROR, failed
                 break
-        failed = _send_whole(big_fd, [slot, memoryview(scratch)[: n - room]], n, c)
+        failed = _send_whole(big_fd, [memoryview(scratch)[:n]], n, c)
         if failed:
             end, err = _END_WRITE_ERROR, failed
             break

@@ -11,8 +11,8 @@ put back (:func:`~greentap.core.tpacket.frame_with_tag`).  Without offloads
 what a sender on this host left to the NIC is done here: checksums finished,
 super-frames cut into segments (:func:`~greentap.core.tpacket.plain_frames`).
 Frames are sent as they are, tags included: one ``write`` each, or, from
-a TAP's relay with offloads, in batches through the interface's transmit
-ring (:meth:`PacketPort.relay_batches`: read straight into the ring's
+a TAP's relay with offloads in C, in batches through the interface's
+transmit ring (:meth:`PacketPort.relay_batches`: copied into the ring's
 slots, one ``send()`` a batch).  Frames sent out of the interface are
 not read back.
 
