@@ -458,22 +458,24 @@ flush_ring(int fd, const struct tx_ring *r, long *head, int k, struct counts *c,
 static PyObject *
 relay_batch_to_ring(PyObject *self, PyObject *args)
 {
-    int in_fd, ring_fd, big_fd, budget;
+    int in_fd, ring_fd, big_fd, budget, header;
     Py_ssize_t frame_size;
     Py_buffer ring, scratch;
     PyObject *cursor;
-    if (!PyArg_ParseTuple(args, "iiiw*nO!w*i", &in_fd, &ring_fd, &big_fd, &ring, &frame_size,
-                          &PyList_Type, &cursor, &scratch, &budget))
+    if (!PyArg_ParseTuple(args, "iiiw*nO!w*ii", &in_fd, &ring_fd, &big_fd, &ring, &frame_size,
+                          &PyList_Type, &cursor, &scratch, &budget, &header))
         return NULL;
     long head = -1;
     if (PyList_GET_SIZE(cursor) == 1)
         head = PyLong_AsLong(PyList_GET_ITEM(cursor, 0));
     if (frame_size < TX_DATA + VNET_HLEN + 14 || frame_size % 16 || ring.len < frame_size ||
-        ring.len % frame_size || head < 0 || head >= ring.len / frame_size) {
+        ring.len % frame_size || head < 0 || head >= ring.len / frame_size ||
+        (header != 0 && header != VNET_HLEN)) {
         PyBuffer_Release(&ring);
         PyBuffer_Release(&scratch);
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "a ring of whole slots and a cursor [slot] within it");
+            PyErr_SetString(PyExc_ValueError,
+                            "a ring of whole slots, a cursor [slot] within it, a header of 0 or 10");
         return NULL;
     }
     struct tx_ring r = {ring.buf, (size_t)frame_size, (long)(ring.len / frame_size)};
@@ -505,14 +507,15 @@ relay_batch_to_ring(PyObject *self, PyObject *args)
             c.errors++;
             continue;
         }
-        if (n < VNET_HLEN + 14) { /* a runt: the kernel would refuse it (EINVAL) */
+        if (n < header + 14) { /* a runt: the kernel would refuse it (EINVAL) */
             c.errors++;
             continue;
         }
         if ((size_t)n <= room) {
             uint32_t len = (uint32_t)n;
             memcpy(slot + TX_DATA, scratch.buf, (size_t)n);
-            tx_hint_linear(slot + TX_DATA, (size_t)n);
+            if (header) /* without a vnet header the kernel copies what it needs */
+                tx_hint_linear(slot + TX_DATA, (size_t)n);
             memcpy(slot + TX_LEN, &len, sizeof len);
             tx_set_status(slot, TX_SEND_REQUEST);
             k++;
@@ -1127,8 +1130,9 @@ static PyMethodDef methods[] = {
      "relay_batch() for a destination socket that takes one frame per datagram (a bound "
      "packet socket): the frames read are sent with sendmmsg(), up to 64 a call."},
     {"relay_batch_to_ring", relay_batch_to_ring, METH_VARARGS,
-     "relay_batch_to_ring(in_fd, ring_fd, big_fd, ring, frame_size, cursor, scratch, budget) "
-     "-> as relay_batch\n\nrelay_batch() for a packet socket's TPACKET_V2 transmit ring: "
+     "relay_batch_to_ring(in_fd, ring_fd, big_fd, ring, frame_size, cursor, scratch, budget, "
+     "header) -> as relay_batch\n\nrelay_batch() for a packet socket's TPACKET_V2 transmit "
+     "ring (frames behind a vnet header of `header` bytes, 0 or 10): "
      "frames read into scratch, copied into its slots from cursor[0] on, sent with one "
      "send(); a frame larger than a slot sent alone from scratch on big_fd. cursor[0] ends "
      "at the next slot to fill."},

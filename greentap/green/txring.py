@@ -31,7 +31,6 @@ __all__ = ["python_batch_to_ring", "relay_to_ring"]
 _STATUS = struct.Struct("=I")
 _LEN = struct.Struct("=I")
 _LEN_OFFSET = 4  # of tp_len in struct tpacket2_hdr
-_RUNT = kc.VIRTIO_NET_HDR_SIZE + kc.ETH_HLEN
 _END_BUDGET, _END_WAIT, _END_EOF, _END_READ_ERROR, _END_WRITE_ERROR = range(5)
 Counts = tuple[int, int, int, int, int, int, int, int, int]
 
@@ -63,8 +62,9 @@ def relay_to_ring(src: Any, dst: Any, on_send_error: Callable[..., Any]) -> None
         if frames is None:  # closed: a slot to read into, nothing to send to
             out, frames, cursor = -1, bytearray(ring.geometry.frame_size), [0]
         end, code, *counts = batch(
-            fd, out, dst_io.holder.fd, frames, ring.geometry.frame_size, cursor, scratch, budget
-        )
+            fd, out, dst_io.holder.fd, frames, ring.geometry.frame_size, cursor, scratch, budget,
+            dst.header_size,
+        )  # fmt: skip
         relay.publish(rx_c, tx_c, *counts)
         if end == _END_WRITE_ERROR:
             relay.write_failed(dst, OSError(code, os.strerror(code)), on_send_error)
@@ -74,9 +74,10 @@ def relay_to_ring(src: Any, dst: Any, on_send_error: Callable[..., Any]) -> None
 
 def python_batch_to_ring(
     in_fd: int, ring_fd: int, big_fd: int, ring: Any, frame_size: int, cursor: list[int],
-    scratch: bytearray, budget: int,
+    scratch: bytearray, budget: int, header: int,
 ) -> Counts:  # fmt: skip
-    """The twin of the C ``relay_batch_to_ring``: up to ``budget`` frames read from
+    """The twin of the C ``relay_batch_to_ring``: up to ``budget`` frames (each behind
+    a vnet header of ``header`` bytes, 0 or 10) read from
     ``in_fd`` into ``scratch`` (it holds the largest), copied into the slots of
     ``ring`` from ``cursor[0]`` on and sent with one ``send()`` on ``ring_fd``;
     a frame larger than a slot is sent alone from ``scratch`` on ``big_fd``,
@@ -94,9 +95,10 @@ def python_batch_to_ring(
     view = memoryview(ring)
     count = len(view) // frame_size if frame_size else 0
     head = cursor[0] if len(cursor) == 1 else -1
-    if frame_size < DATA_OFFSET + _RUNT or frame_size % 16 or not count or len(view) % frame_size \
-            or not 0 <= head < count:  # fmt: skip
-        raise ValueError("a ring of whole slots and a cursor [slot] within it")
+    if frame_size < DATA_OFFSET + kc.VIRTIO_NET_HDR_SIZE + kc.ETH_HLEN or frame_size % 16 \
+            or not count or len(view) % frame_size or not 0 <= head < count \
+            or header not in (0, kc.VIRTIO_NET_HDR_SIZE):  # fmt: skip
+        raise ValueError("a ring of whole slots, a cursor [slot] within it, a header of 0 or 10")
     room = frame_size - DATA_OFFSET
     c = _Counts()
     end, err, k = _END_BUDGET, 0, 0
@@ -121,13 +123,14 @@ def python_batch_to_ring(
         if not free:  # every slot is filled or still held by the driver: a full queue
             c.dropped += 1
             continue
-        if ring_fd < 0 or n < _RUNT:  # no ring to send to; a runt the kernel would refuse
+        if ring_fd < 0 or n < header + kc.ETH_HLEN:  # no ring; a runt the kernel would refuse
             c.errors += 1
             continue
         if n <= room:
             slot = view[at + DATA_OFFSET : at + DATA_OFFSET + n]
             slot[:] = memoryview(scratch)[:n]
-            hint_linear(slot, n)
+            if header:  # without a vnet header the kernel copies what it needs
+                hint_linear(slot, n)
             _LEN.pack_into(view, at + _LEN_OFFSET, n)
             _STATUS.pack_into(view, at, kc.TP_STATUS_SEND_REQUEST)
             k += 1
@@ -173,6 +176,8 @@ def _read_end(exc: OSError) -> tuple[int, int]:
 def _send(fd: int, buffers: list[Any] | None) -> int:
     """``send()`` (no data: the ring's marked slots) or ``sendmsg(buffers)`` on ``fd``
     without blocking, retried after EINTR; the errno, or 0."""
+    if fd < 0:
+        return errno.EBADF
     sock = socket.socket(fileno=fd)
     try:
         while True:

@@ -45,15 +45,17 @@ def batch(request):
 class Wire:
     """A veth pair in a namespace: a TxRing on ``a``, a capture on ``b``, a source pair."""
 
-    def __init__(self, ns, geometry=None, qdisc_bypass=True, mtu=1500):
+    def __init__(self, ns, geometry=None, qdisc_bypass=True, mtu=1500, vnet_hdr=True):
         self.ns = ns
         self.a, self.b = unique("ta"), unique("tb")
         ns.ip("link", "add", self.a, "type", "veth", "peer", "name", self.b)
         for dev in (self.a, self.b):
             ns.ip("link", "set", dev, "mtu", str(mtu), "up")
         self.sock = PacketSocket(
-            self.a, netns=ns.name, vnet_hdr=True, qdisc_bypass=qdisc_bypass, tx_geometry=geometry
-        )
+            self.a, netns=ns.name, vnet_hdr=vnet_hdr, qdisc_bypass=qdisc_bypass,
+            tx_geometry=geometry,
+        )  # fmt: skip
+        self.header = self.sock.vnet_hdr_size
         self.ring = self.sock.tx
         with entered(ns.name, self.b):
             self.capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
@@ -73,7 +75,7 @@ class Wire:
         return batch(
             self.src.fileno(), ring.holder.fd if ring_fd is None else ring_fd,
             self.sock.holder.fd, ring.map, ring.geometry.frame_size, ring.cursor, self.scratch,
-            budget,
+            budget, self.header,
         )  # fmt: skip
 
     def received(self, n, timeout=3.0):
@@ -207,6 +209,27 @@ def test_a_refused_frame_is_counted_and_the_rest_still_leave(wire, batch):
     assert w.nothing_more()
     assert w.ring.cursor == [4]
     assert set(w.statuses()) == {kc.TP_STATUS_AVAILABLE}
+
+
+def test_frames_without_a_vnet_header_leave_untouched(wire, batch):
+    """A ring without vnet headers (header 0) sends frames exactly as read: the
+    send hint, which would write into a vnet header, leaves them alone (these
+    frames' bytes 1-3 are zero, where a vnet header's gso_type and hdr_len lie)."""
+    w = wire(vnet_hdr=False)
+    sent = [bytes.fromhex("020000009999" + "02005e000001" + "88b5") + bytes([i]) * 46
+            for i in range(5)]  # fmt: skip
+    w.offer(sent, header=b"")
+    c = counts(w.run(batch))
+    assert (c["rx"], c["tx"], c["errors"]) == (5, 5, 0)
+    assert w.received(5) == sent
+
+
+def test_a_bad_header_size_is_refused(wire, batch):
+    """A vnet header of any size but 0 or 10 is a ValueError, before anything is read."""
+    w = wire()
+    w.header = 12
+    with pytest.raises(ValueError):
+        w.run(batch)
 
 
 def test_a_runt_is_an_error_and_never_sent(wire, batch):
