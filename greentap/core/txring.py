@@ -24,6 +24,7 @@ socket of its own (``TPACKET_V2``), beside the receive ring's.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import struct
 
 from greentap.core import kernel_constants as kc
@@ -53,7 +54,8 @@ class TxGeometry:
     (a super-frame, a jumbo frame) is sent on its own with ``sendmsg()``.
 
     Attributes:
-        frame_size: bytes per slot, its header included: a multiple of 16.
+        frame_size: bytes per slot, its header included: a multiple of 16 of
+            at least 64 (the kernel's header and address take 52).
         frames_per_block: slots per block; a block is ``frame_size *
             frames_per_block`` bytes, a whole number of pages, so the slots
             lie back to back in the mapping.
@@ -65,10 +67,13 @@ class TxGeometry:
     block_count: int = 16
 
     def __post_init__(self) -> None:
-        if self.frame_size < DATA_OFFSET + kc.ETH_HLEN or self.frame_size % 16:
-            raise ValueError(f"frame_size {self.frame_size}: a multiple of 16 of at least 48")
-        if self.block_size % 4096:
-            raise ValueError(f"block size {self.block_size}: a whole number of 4 KiB pages")
+        if self.frame_size < 64 or self.frame_size % 16:
+            raise ValueError(f"frame_size {self.frame_size}: a multiple of 16 of at least 64")
+        if self.frames_per_block < 1 or self.block_size % mmap.PAGESIZE:
+            raise ValueError(
+                f"{self.frames_per_block} slots of {self.frame_size} bytes: a block must be "
+                f"a whole number of {mmap.PAGESIZE}-byte pages"
+            )
         if not 1 <= self.block_count <= 1 << 12:
             raise ValueError(f"block_count {self.block_count}: 1 to 4096")
 

@@ -227,8 +227,10 @@ class PacketSocket:
         sock = self.holder.handle
         if not isinstance(sock, _socket.socket):
             raise EndpointClosed(endpoint=self.name)
-        self.ifindex = self._bind(sock)
+        # The transmit socket first: bound() looks at the receive socket, so a
+        # failure between the two binds is seen and retried as a whole.
         self.tx.bind()
+        self.ifindex = self._bind(sock)
 
     def pending_error(self) -> int:
         """Read and clear the socket's pending error (``ENETDOWN`` after the link went down).
@@ -296,8 +298,10 @@ class PacketSocket:
         except BufferError:  # pragma: no cover - a slice of the ring still alive somewhere
             pass  # unmapped when the last view goes; the socket is closed below all the same
         finally:
-            self.holder.close()
-            self.tx.close()
+            try:
+                self.holder.close()
+            finally:
+                self.tx.close()
 
     def __enter__(self) -> PacketSocket:
         return self
@@ -369,5 +373,7 @@ class TxRing:
         try:
             if ring is not None:
                 ring.close()
+        except BufferError:  # pragma: no cover - a view of the ring still alive somewhere
+            pass  # unmapped when the last view goes; the socket is closed below all the same
         finally:
             self.holder.close()

@@ -429,6 +429,8 @@ flush_ring(int fd, const struct tx_ring *r, long *head, int k, struct counts *c,
                 unsigned char *to = tx_slot(r, first + q - 1);
                 const unsigned char *from = tx_slot(r, first + q);
                 uint32_t n = tx_len(from);
+                if (n > r->frame_size - TX_DATA) /* ours, but in memory the kernel shares */
+                    n = (uint32_t)(r->frame_size - TX_DATA);
                 memcpy(to + TX_LEN, &n, sizeof n);
                 memcpy(to + TX_DATA, from + TX_DATA, n);
                 tx_set_status(to, TX_SEND_REQUEST);

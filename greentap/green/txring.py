@@ -13,6 +13,7 @@ at a time, which is faster in Python).  The rule both keep is
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -92,7 +93,14 @@ def python_batch_to_ring(
     Raises:
         ValueError: ``ring`` is not whole slots, or the cursor is outside it.
     """
-    view = memoryview(ring)
+    with memoryview(ring) as view:  # released however the batch ends: the ring can close
+        return _batch(view, in_fd, ring_fd, big_fd, frame_size, cursor, scratch, budget, header)
+
+
+def _batch(
+    view: memoryview, in_fd: int, ring_fd: int, big_fd: int, frame_size: int,
+    cursor: list[int], scratch: bytearray, budget: int, header: int,
+) -> Counts:  # fmt: skip
     count = len(view) // frame_size if frame_size else 0
     head = cursor[0] if len(cursor) == 1 else -1
     if frame_size < DATA_OFFSET + kc.VIRTIO_NET_HDR_SIZE + kc.ETH_HLEN or frame_size % 16 \
@@ -176,21 +184,22 @@ def _read_end(exc: OSError) -> tuple[int, int]:
 def _send(fd: int, buffers: list[Any] | None) -> int:
     """``send()`` (no data: the ring's marked slots) or ``sendmsg(buffers)`` on ``fd``
     without blocking, retried after EINTR; the errno, or 0."""
-    if fd < 0:
-        return errno.EBADF
-    sock = socket.socket(fileno=fd)
     try:
-        while True:
-            try:
-                if buffers is None:
-                    sock.send(b"", socket.MSG_DONTWAIT)
-                else:
-                    sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
-                return 0
-            except InterruptedError:  # pragma: no cover - PEP 475 retries it already
-                continue
-            except OSError as exc:
-                return exc.errno or errno.EIO
+        # The C socket type, never gevent's: a send that would block is an
+        # answer here (BACKPRESSURE), as in C, not a wait.
+        sock = _socket.socket(fileno=fd)
+    except OSError as exc:  # not a socket, or closed
+        return exc.errno or errno.EBADF
+    except ValueError:  # a negative fd
+        return errno.EBADF
+    try:
+        if buffers is None:
+            sock.send(b"", socket.MSG_DONTWAIT)  # EINTR is retried (PEP 475)
+        else:
+            sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+        return 0
+    except OSError as exc:
+        return exc.errno or errno.EIO
     finally:
         sock.detach()
 
@@ -253,7 +262,7 @@ def _flush(
             c.errors += 1
             for q in range(p + 1, k):  # the frames after it move down a slot and go again
                 to, src = at(q - 1), at(q)
-                n = _LEN.unpack_from(view, src + _LEN_OFFSET)[0]
+                n = min(_LEN.unpack_from(view, src + _LEN_OFFSET)[0], frame_size - DATA_OFFSET)
                 _LEN.pack_into(view, to + _LEN_OFFSET, n)
                 view[to + DATA_OFFSET : to + DATA_OFFSET + n] = view[
                     src + DATA_OFFSET : src + DATA_OFFSET + n

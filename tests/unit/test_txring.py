@@ -30,12 +30,14 @@ def test_the_default_ring_lies_back_to_back_and_holds_an_mtu_frame():
     "kw",
     [
         {"frame_size": 40},  # too small for a header and an Ethernet header
+        {"frame_size": 48, "frames_per_block": 256},  # the kernel wants 52 for its header
+        {"frames_per_block": 0},  # a block of nothing
         {"frame_size": 2056},  # not a multiple of 16 ... (2056 % 16 == 8)
         {"frame_size": 2064, "frames_per_block": 1},  # a block of part of a page
         {"block_count": 0},
         {"block_count": 5000},
     ],
-    ids=["small", "unaligned", "partial-page", "no-block", "too-many-blocks"],
+    ids=["small", "under-52", "no-slot", "unaligned", "partial-page", "no-block", "too-many"],
 )
 def test_a_geometry_the_kernel_would_refuse_is_refused_here(kw):
     """Sizes the kernel's PACKET_TX_RING would refuse, or that would not lie back to
