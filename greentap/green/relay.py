@@ -75,7 +75,8 @@ recv_datagrams: Any = None
 write_frames: Any = None
 _relay_batch_to_udp: Any = None
 #: A TAP's frames sent through a packet socket's transmit ring (``relay_batch_to_ring``),
-#: or None: :mod:`greentap.green.txring`'s twin runs.
+#: or None: the generic loop writes them one at a time (:mod:`greentap.green.txring`
+#: holds the ring's Python twin, for the tests and direct callers).
 relay_batch_to_ring: Any = None
 LOOP_REASON: str | None = None
 if os.environ.get("GREENTAP_PURE_PYTHON"):

@@ -151,7 +151,7 @@ def _batch(
                 c.errors += 1  # the frame in hand
                 end, err = _END_WRITE_ERROR, failed
                 break
-        failed = _send_whole(big_fd, [memoryview(scratch)[:n]], n, c)
+        failed = _send_whole(big_fd, memoryview(scratch)[:n], c)
         if failed:
             end, err = _END_WRITE_ERROR, failed
             break
@@ -181,9 +181,9 @@ def _read_end(exc: OSError) -> tuple[int, int]:
     return _END_READ_ERROR, exc.errno or 0
 
 
-def _send(fd: int, buffers: list[Any] | None) -> int:
-    """``send()`` (no data: the ring's marked slots) or ``sendmsg(buffers)`` on ``fd``
-    without blocking, retried after EINTR; the errno, or 0."""
+def _send(fd: int) -> int:
+    """``send()`` of no data (the ring's marked slots) on ``fd`` without blocking,
+    retried after EINTR; the errno, or 0."""
     try:
         # The C socket type, never gevent's: a send that would block is an
         # answer here (BACKPRESSURE), as in C, not a wait.
@@ -193,10 +193,7 @@ def _send(fd: int, buffers: list[Any] | None) -> int:
     except ValueError:  # a negative fd
         return errno.EBADF
     try:
-        if buffers is None:
-            sock.send(b"", socket.MSG_DONTWAIT)  # EINTR is retried (PEP 475)
-        else:
-            sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+        sock.send(b"", socket.MSG_DONTWAIT)  # EINTR is retried (PEP 475)
         return 0
     except OSError as exc:
         return exc.errno or errno.EIO
@@ -204,25 +201,20 @@ def _send(fd: int, buffers: list[Any] | None) -> int:
         sock.detach()
 
 
-def _send_whole(fd: int, buffers: list[Any], n: int, c: _Counts) -> int:
-    """One frame on ``fd`` with ``sendmsg``, counted by its verdict; the errno of a
-    FAILED verdict (the frame is the caller's to count), else 0."""
-    code = _send(fd, buffers)
-    while code and WRITE_VERDICTS.get(code) is Verdict.RETRY:
-        code = _send(fd, buffers)
-    verdict = WRITE_VERDICTS.get(code, Verdict.FAILED) if code else None
-    if verdict is None:
-        c.tx += 1
-        c.tx_bytes += n
-    elif verdict is Verdict.BACKPRESSURE:
-        c.dropped += 1
-    elif verdict is Verdict.LINK_DOWN:
-        c.link_down += 1
-    elif verdict is not Verdict.FAILED:
-        c.errors += 1
-    else:
-        return code
-    return 0
+def _send_whole(fd: int, frame: memoryview, c: _Counts) -> int:
+    """One frame written to ``fd`` and counted by its verdict, as every write is
+    (:func:`greentap.green.relay.python_write_frames`); the errno of a FAILED
+    verdict (the frame is the caller's to count), else 0."""
+    if fd < 0:  # as C's sendmmsg() on it: EBADF, a FAILED verdict
+        return errno.EBADF
+    end, code, _, *counts = relay.python_write_frames(fd, [frame], 0)
+    tx, tx_bytes, dropped, link_down, errors = counts
+    c.tx += tx
+    c.tx_bytes += tx_bytes
+    c.dropped += dropped
+    c.link_down += link_down
+    c.errors += errors
+    return code if end == _END_WRITE_ERROR else 0
 
 
 def _flush(
@@ -241,7 +233,7 @@ def _flush(
         return (head + i) % count * frame_size
 
     while p < k:
-        code = _send(fd, None)
+        code = _send(fd)
         while p < k:
             status, n = struct.unpack_from("=II", view, at(p))
             if status in (kc.TP_STATUS_SEND_REQUEST, kc.TP_STATUS_WRONG_FORMAT):
